@@ -1,0 +1,155 @@
+"""Block planning in output-voxel index space.
+
+Output blocks are whole multiples of the output shard, so one task owns each shard it writes.  The input
+read box of a block is the span of input slices its output lies between, plus the method's halo; boxes
+that reach past the volume are edge-padded (policy ``edge``: the border voxel repeats), and that policy
+is recorded with the run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import input_span, output_shape
+from .methods.base import Halo
+
+PADDING = "edge"
+Shape3 = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of work: an output box and the (possibly padded) input box it reads."""
+
+    index: Shape3
+    out_lo: Shape3
+    out_hi: Shape3
+    in_lo: Shape3
+    in_hi: Shape3
+
+    @property
+    def key(self) -> str:
+        return ".".join(str(i) for i in self.index)
+
+    @property
+    def out_shape(self) -> Shape3:
+        return tuple(b - a for a, b in zip(self.out_lo, self.out_hi))  # type: ignore[return-value]
+
+    @property
+    def in_shape(self) -> Shape3:
+        return tuple(b - a for a, b in zip(self.in_lo, self.in_hi))  # type: ignore[return-value]
+
+
+def parse_shape(text: str | None, name: str) -> Shape3 | None:
+    if text is None:
+        return None
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise InputError(f"{name} must be three positive integers Z,Y,X, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+@dataclass
+class BlockPlan:
+    """The grid of blocks for upsampling ``in_shape`` by ``factor`` with a method of halo ``halo``."""
+
+    in_shape: Shape3
+    factor: int
+    halo: Halo
+    block_shape: Shape3
+    shard_shape: Shape3
+    chunk_shape: Shape3
+    itemsize: int = 1
+    working_bytes_per_voxel: int = 8
+    out_shape: Shape3 = field(init=False)
+    padding: str = PADDING
+
+    def __post_init__(self) -> None:
+        self.out_shape = output_shape(self.in_shape, self.factor)
+
+    @classmethod
+    def build(cls, in_shape: Shape3, factor: int, halo: Halo, *, block_shape: Shape3 | None = None,
+              shard_shape: Shape3 | None = None, chunk_shape: Shape3 | None = None, itemsize: int = 1,
+              working_bytes_per_voxel: int = 8) -> BlockPlan:
+        """Choose consistent shapes: chunk divides shard, block is a whole multiple of shard, all clipped
+        to the output so small volumes get one block rather than mostly-empty ones."""
+        out = output_shape(in_shape, factor)
+        chunk = chunk_shape or (64, 64, 64)
+        shard = shard_shape or (block_shape or (256, 256, 256))
+        block = block_shape or shard
+        for name, shp in (("--block-shape", block), ("--shard-shape", shard), ("--chunk-shape", chunk)):
+            if len(shp) != 3 or min(shp) < 1:
+                raise InputError(f"{name} must be three positive integers, got {shp}")
+        if any(b % s for b, s in zip(block, shard)):
+            raise InputError(f"block shape {block} must be a whole multiple of the shard shape {shard}")
+        if any(s % c for s, c in zip(shard, chunk)) and chunk_shape is not None:
+            raise InputError(f"shard shape {shard} must be a whole multiple of the chunk shape {chunk}")
+        shard = tuple(min(s, n) for s, n in zip(shard, out))
+        block = tuple(min(b, n) for b, n in zip(block, out))  # a clipped block spans its whole axis
+        chunk = tuple(c if (c <= s and s % c == 0) else s for c, s in zip(chunk, shard))
+        return cls(tuple(in_shape), factor, halo, block, shard, chunk, itemsize,  # type: ignore[arg-type]
+                   working_bytes_per_voxel)
+
+    @property
+    def grid(self) -> Shape3:
+        return tuple(-(-n // b) for n, b in zip(self.out_shape, self.block_shape))  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return int(np.prod(self.grid))
+
+    def block(self, index: Shape3) -> Block:
+        lo = tuple(i * b for i, b in zip(index, self.block_shape))
+        hi = tuple(min(a + b, n) for a, b, n in zip(lo, self.block_shape, self.out_shape))
+        z_lo, z_hi = input_span(lo[0], hi[0], self.factor)
+        h = self.halo
+        in_lo = (z_lo - h.z, lo[1] - h.y, lo[2] - h.x)
+        in_hi = (z_hi + h.z, hi[1] + h.y, hi[2] + h.x)
+        return Block(tuple(index), lo, hi, in_lo, in_hi)  # type: ignore[arg-type]
+
+    def blocks(self) -> Iterator[Block]:
+        for index in itertools.product(*(range(g) for g in self.grid)):
+            yield self.block(index)  # type: ignore[arg-type]
+
+    def local_range(self, block: Block) -> tuple[int, int]:
+        """Output slices of ``block`` in the local index space of its input stack."""
+        base = block.in_lo[0] * self.factor
+        return block.out_lo[0] - base, block.out_hi[0] - base
+
+    def max_block_bytes(self) -> dict[str, int]:
+        """Largest input, output and working buffers of any block, and their sum (peak per task)."""
+        full_out = tuple(min(s, n) for s, n in zip(self.block_shape, self.out_shape))
+        zin = -(-full_out[0] // self.factor) + 1 + 2 * self.halo.z
+        in_vox = zin * (full_out[1] + 2 * self.halo.y) * (full_out[2] + 2 * self.halo.x)
+        out_vox = int(np.prod(full_out))
+        sizes = {
+            "input": in_vox * self.itemsize,
+            "output": out_vox * self.itemsize,
+            "working": out_vox * self.working_bytes_per_voxel,
+        }
+        sizes["peak"] = sum(sizes.values())
+        return sizes
+
+    def describe(self) -> dict[str, object]:
+        sizes = self.max_block_bytes()
+        return {
+            "input_shape": list(self.in_shape),
+            "output_shape": list(self.out_shape),
+            "factor": self.factor,
+            "block_shape": list(self.block_shape),
+            "shard_shape": list(self.shard_shape),
+            "chunk_shape": list(self.chunk_shape),
+            "grid": list(self.grid),
+            "tasks": len(self),
+            "halo": [self.halo.z, self.halo.y, self.halo.x],
+            "padding": self.padding,
+            "output_bytes": int(np.prod(self.out_shape)) * self.itemsize,
+            "block_bytes": sizes,
+        }

@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+
+
+class IsovolError(Exception):
+    """Base class: the message must say what is wrong and, where possible, what to do."""
+
+
+class InputError(IsovolError):
+    """The input volume or an argument describing it is unusable."""
+
+
+class OutputError(IsovolError):
+    """The destination cannot be created, written, or conflicts with an existing run."""
+
+
+class ResumeError(OutputError):
+    """A resumed run does not match the run recorded in the output."""

@@ -1,0 +1,50 @@
+"""The Z convention of isovol, in one place.
+
+Input slice i sits at output z = i * r; an input of n slices gives (n - 1) * r + 1 output slices; the
+output Z voxel size is the input's divided by r and the translation is unchanged.  All arithmetic here is
+integer, in voxel index space.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from .errors import InputError
+
+CONVENTION = "input slice i at output z = i*factor; output has (n-1)*factor+1 slices"
+
+
+def check_factor(factor: object) -> int:
+    """Return the factor as int, or refuse it: only integer factors >= 2 are supported."""
+    if isinstance(factor, str):
+        try:
+            factor = float(factor)
+        except ValueError:
+            raise InputError(f"factor must be an integer >= 2, got {factor!r}") from None
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+        raise InputError(f"factor must be an integer >= 2, got {factor!r}")
+    if not float(factor).is_integer():
+        raise InputError(f"factor must be an integer >= 2, got {factor!r} (non-integer factors are not supported)")
+    if factor < 2:
+        raise InputError(f"factor must be an integer >= 2, got {int(factor)}")
+    return int(factor)
+
+
+def output_length(n_in: int, factor: int) -> int:
+    """Number of output Z slices for ``n_in`` input slices."""
+    return (n_in - 1) * factor + 1
+
+
+def output_shape(in_shape: tuple[int, int, int], factor: int) -> tuple[int, int, int]:
+    return (output_length(in_shape[0], factor), in_shape[1], in_shape[2])
+
+
+def input_span(z0: int, z1: int, factor: int) -> tuple[int, int]:
+    """Input slices [lo, hi) whose positions bracket output slices [z0, z1)."""
+    if z1 <= z0:
+        raise ValueError(f"empty output range [{z0}, {z1})")
+    return z0 // factor, -(-(z1 - 1) // factor) + 1
+
+
+def output_voxel_size(voxel_size: tuple[float, float, float], factor: int) -> tuple[float, float, float]:
+    return (voxel_size[0] / factor, voxel_size[1], voxel_size[2])

@@ -1,0 +1,64 @@
+"""The method interface: anything that maps an input block (with halo) to its output block.
+
+A method knows nothing about zarr, dask or blocks on disk.  It receives a stack of input slices that
+already carries its declared halo (edge-padded at the volume border by the caller) and returns the
+requested output slices.  Local output index j corresponds to input position j / factor, counted from
+the first slice of the stack it was given.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Halo:
+    """Extra context a method needs around the slices its output spans: Z in input slices, Y/X in pixels."""
+
+    z: int = 0
+    y: int = 0
+    x: int = 0
+
+
+class Method(ABC):
+    """Maps input slices to the output slices between them."""
+
+    name: str = "method"
+    halo: Halo = Halo()
+    #: True when the output depends only on the input (no seed); then any block layout is bit-exact.
+    deterministic: bool = True
+    #: Hash of the model weights, or None for methods without a model.
+    model_hash: str | None = None
+    #: Bytes of working memory per output voxel, on top of input and output buffers (for planning).
+    working_bytes_per_voxel: int = 8
+
+    def config(self) -> dict[str, Any]:
+        """Everything that changes the result; goes into the run hash and the provenance."""
+        return {"name": self.name}
+
+    @abstractmethod
+    def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
+        """Return output slices [start, stop) (local indices) for the input stack ``data`` (z, y, x)."""
+
+
+def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast float results to the input dtype: round and clip for integers, plain cast for floats."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.rint(values, out=values)
+        np.clip(values, info.min, info.max, out=values)
+    return values.astype(dtype, copy=False)
+
+
+def upsample_array(volume: np.ndarray, factor: int, method: Method) -> np.ndarray:
+    """The single in-memory reference: the whole volume in one call, padded like the executor pads."""
+    h = method.halo
+    padded = np.pad(volume, ((h.z, h.z + 1), (h.y, h.y), (h.x, h.x)), mode="edge")
+    n = volume.shape[0]
+    out = method.apply(padded, factor, h.z * factor, (h.z + n - 1) * factor + 1)
+    return out[:, h.y : h.y + volume.shape[1], h.x : h.x + volume.shape[2]]

@@ -1,0 +1,166 @@
+"""Run record and per-block done markers, kept beside the image in ``OUTPUT/.isovol/``.
+
+A marker is written only after its block's shards are durable, so "marked done" always means "on disk".
+The run record holds a hash of everything that determines the result (layout, factor, method, model,
+config); a resumed run must match it exactly or it is refused, so results of two configurations are never
+mixed in one output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..pipeline.errors import OutputError, ResumeError
+from ..pipeline.io.urls import describe_error, filesystem, is_local, strip_url
+
+META_DIR = ".isovol"
+RUN_RECORD = "run.json"
+DONE_DIR = "done"
+
+
+def run_hash(components: dict[str, Any]) -> str:
+    blob = json.dumps(components, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _atomic_put(fs: Any, path: str, data: bytes, local: bool) -> None:
+    """Write a small file whole: temp + fsync + rename locally, a single PUT elsewhere."""
+    if not local:
+        fs.pipe_file(path, data)
+        return
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class Bookkeeper:
+    """Markers and run record of one output location (works on any fsspec filesystem)."""
+
+    url: str
+    storage_options: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self._fs: Any = None
+        self._root: str = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "storage_options": self.storage_options, "_fs": None, "_root": ""}
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            self._fs, root = filesystem(self.url, self.storage_options)
+            self._root = posixpath.join(root.rstrip("/"), META_DIR)
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        _ = self.fs
+        return self._root
+
+    @property
+    def local(self) -> bool:
+        return is_local(self.url)
+
+    # -- run record --------------------------------------------------------------------------------
+    def read_record(self) -> dict[str, Any] | None:
+        path = posixpath.join(self.root, RUN_RECORD)
+        try:
+            return json.loads(self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:
+            raise OutputError(f"{strip_url(self.url)}: the run record is damaged; rerun with --overwrite") from None
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        _atomic_put(self.fs, posixpath.join(self.root, RUN_RECORD),
+                    json.dumps(record, indent=1, sort_keys=True).encode(), self.local)
+
+    def check_resume(self, components: dict[str, Any]) -> dict[str, Any]:
+        """The recorded run, if it matches ``components``; otherwise a ResumeError naming what changed."""
+        record = self.read_record()
+        if record is None:
+            raise ResumeError(f"{strip_url(self.url)} exists but has no isovol run record; "
+                              "use --overwrite to replace it")
+        if record.get("hash") != run_hash(components):
+            old = record.get("components", {})
+            changed = sorted(k for k in set(old) | set(components) if old.get(k) != components.get(k))
+            detail = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(components.get(k))}" for k in changed)
+            raise ResumeError(f"cannot resume {strip_url(self.url)}: the run differs from the recorded one "
+                              f"({detail or 'hash mismatch'}); use --overwrite to start over")
+        return record
+
+    # -- markers -------------------------------------------------------------------------------------
+    def marker_path(self, key: str) -> str:
+        return posixpath.join(self.root, DONE_DIR, key)
+
+    def mark_done(self, key: str, digest: str) -> None:
+        body = json.dumps({"block": key, "hash": digest, "time": time.time()}).encode()
+        _atomic_put(self.fs, self.marker_path(key), body, self.local)
+
+    def done_keys(self, digest: str | None = None) -> set[str]:
+        """Keys of blocks marked done (for run ``digest`` if given; markers of another run do not count)."""
+        directory = posixpath.join(self.root, DONE_DIR)
+        try:
+            paths = self.fs.ls(directory, detail=False)
+        except FileNotFoundError:
+            return set()
+        keys = set()
+        for p in paths:
+            name = posixpath.basename(p.rstrip("/"))
+            if name.startswith(".tmp-"):
+                continue
+            if digest is not None:
+                try:
+                    if json.loads(self.fs.cat_file(p)).get("hash") != digest:
+                        continue
+                except (json.JSONDecodeError, FileNotFoundError):
+                    continue
+            keys.add(name)
+        return keys
+
+    def ensure_writable(self) -> None:
+        try:
+            self.fs.makedirs(posixpath.join(self.root, DONE_DIR), exist_ok=True)
+        except Exception as exc:
+            raise OutputError(f"cannot write to {strip_url(self.url)}: {describe_error(exc)}") from None
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Progress of a run, read from its record and markers alone (no cluster)."""
+    keeper = Bookkeeper(url, dict(storage_options or {}))
+    record = keeper.read_record()
+    if record is None:
+        fs, path = filesystem(url, storage_options)
+        if not fs.exists(path):
+            raise OutputError(f"output not found: {strip_url(url)}")
+        raise OutputError(f"{strip_url(url)} has no isovol run record")
+    done = keeper.done_keys(record.get("hash"))
+    total = int(record.get("tasks", 0))
+    return {"output": strip_url(url), "state": record.get("state", "unknown"), "tasks": total,
+            "done": len(done), "remaining": max(total - len(done), 0),
+            "method": record.get("components", {}).get("method", {}).get("name"),
+            "factor": record.get("components", {}).get("factor"), "hash": record.get("hash")}

@@ -1,0 +1,207 @@
+"""The ``isovol`` command line. Errors a user can act on are printed as one line on stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from typing import Any
+
+import click
+
+from ..pipeline import __version__
+from ..pipeline.blocks import parse_shape
+from ..pipeline.errors import IsovolError
+from ..pipeline.io.readers import parse_voxel_size
+from ..pipeline.io.urls import parse_storage_options, strip_url
+
+log = logging.getLogger("isovol")
+
+
+def _command_line() -> str:
+    """The command as typed, with --storage-options values hidden (they may hold credentials)."""
+    args, out, hide = sys.argv[1:], ["isovol"], False
+    for a in args:
+        if hide:
+            out.append("'***'")
+            hide = False
+            continue
+        if a.startswith("--storage-options") or a.startswith("--output-storage-options"):
+            if "=" in a:
+                out.append(a.split("=", 1)[0] + "='***'")
+            else:
+                out.append(a)
+                hide = True
+            continue
+        out.append(shlex.quote(strip_url(a) if "://" in a else a))
+    return " ".join(out)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+storage_opt = click.option("--storage-options", "storage_options", default=None, metavar="JSON",
+                           help="fsspec storage options for the input (and the output unless "
+                                "--output-storage-options is given), e.g. '{\"anon\": true}'.")
+voxel_opt = click.option("--voxel-size", default=None, metavar="Z,Y,X",
+                         help="Input voxel size in nm; overrides what the file says.")
+block_opt = click.option("--block-shape", default=None, metavar="Z,Y,X",
+                         help="Output voxels per task; a whole multiple of the shard shape [default: the shard].")
+shard_opt = click.option("--shard-shape", default=None, metavar="Z,Y,X",
+                         help="Output shard shape [default: the block shape, else 256,256,256].")
+chunk_opt = click.option("--chunk-shape", default=None, metavar="Z,Y,X",
+                         help="Inner chunk shape of each shard [default: 64,64,64].")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="isovol")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def cli(quiet: bool) -> None:
+    """Make anisotropic volume-EM stacks isotropic, block by block, on a dask cluster."""
+    # our own lines at INFO; dask's chatter only when it matters (WARNING and up)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("isovol").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+@cli.command()
+@click.argument("input_url", metavar="INPUT")
+@click.argument("output_url", metavar="OUTPUT")
+@click.option("--factor", "-r", required=True, help="Z upsampling factor (integer >= 2).")
+@click.option("--method", default="cubic", show_default=True, help="nearest, linear or cubic.")
+@block_opt
+@shard_opt
+@chunk_opt
+@click.option("--workers", type=int, default=None, help="Workers of the embedded LocalCluster [default: cores].")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Join an existing dask cluster instead.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run: skip blocks marked done.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing isovol output.")
+@voxel_opt
+@storage_opt
+@click.option("--output-storage-options", default=None, metavar="JSON", help="Storage options for the output.")
+@click.option("--retries", type=int, default=2, show_default=True, help="Retries of a block after a transient error.")
+@click.option("--block-timeout", type=float, default=None, metavar="SECONDS", help="Give up on a block after this.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+def upsample(input_url: str, output_url: str, factor: str, method: str, block_shape: str | None,
+             shard_shape: str | None, chunk_shape: str | None, workers: int | None, scheduler: str | None,
+             resume: bool, overwrite: bool, voxel_size: str | None, storage_options: str | None,
+             output_storage_options: str | None, retries: int, block_timeout: float | None,
+             no_progress: bool) -> None:
+    """Upsample INPUT along Z by --factor into the OME-Zarr OUTPUT."""
+    from .upsample import UpsampleRequest
+    from .upsample import upsample as run
+
+    req = UpsampleRequest(
+        input=input_url, output=output_url, factor=factor, method=method,
+        block_shape=parse_shape(block_shape, "--block-shape"), shard_shape=parse_shape(shard_shape, "--shard-shape"),
+        chunk_shape=parse_shape(chunk_shape, "--chunk-shape"), voxel_size=parse_voxel_size(voxel_size),
+        storage_options=parse_storage_options(storage_options),
+        output_storage_options=parse_storage_options(output_storage_options) if output_storage_options else None,
+        resume=resume, overwrite=overwrite, workers=workers, scheduler=scheduler, retries=retries,
+        block_timeout=block_timeout, progress=not no_progress, command=_command_line())
+    summary = run(req)
+    click.echo(f"isovol: {summary.line()}", err=True)
+    for key, msg in list(summary.failed.items())[:5]:
+        click.echo(f"isovol: block {key}: {msg}", err=True)
+    if not summary.ok:
+        click.echo("isovol: run incomplete; rerun the same command with --resume to finish it", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("input_url", metavar="INPUT")
+@click.option("--factor", "-r", required=True, help="Z upsampling factor (integer >= 2).")
+@click.option("--method", default="cubic", show_default=True)
+@block_opt
+@shard_opt
+@chunk_opt
+@voxel_opt
+@storage_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(input_url: str, factor: str, method: str, block_shape: str | None, shard_shape: str | None,
+         chunk_shape: str | None, voxel_size: str | None, storage_options: str | None, as_json: bool) -> None:
+    """Print the block plan for INPUT: grid, tasks, bytes and peak memory per block."""
+    from .upsample import UpsampleRequest, prepare
+
+    req = UpsampleRequest(input=input_url, output="<plan>", factor=factor, method=method,
+                          block_shape=parse_shape(block_shape, "--block-shape"),
+                          shard_shape=parse_shape(shard_shape, "--shard-shape"),
+                          chunk_shape=parse_shape(chunk_shape, "--chunk-shape"),
+                          voxel_size=parse_voxel_size(voxel_size) or (1.0, 1.0, 1.0),
+                          storage_options=parse_storage_options(storage_options))
+    vol, meth, p = prepare(req)
+    info: dict[str, Any] = {"input": strip_url(input_url), "dtype": str(vol.dtype), "method": meth.name,
+                            **p.describe()}
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    b = info["block_bytes"]
+    rows = [
+        ("input", f"{tuple(vol.shape)} {vol.dtype}"),
+        ("output", f"{tuple(p.out_shape)} ({_fmt_bytes(info['output_bytes'])})"),
+        ("factor / method", f"{p.factor} / {meth.name} (halo z={p.halo.z} y={p.halo.y} x={p.halo.x}, "
+                            f"padding {p.padding})"),
+        ("block / shard / chunk", f"{tuple(p.block_shape)} / {tuple(p.shard_shape)} / {tuple(p.chunk_shape)}"),
+        ("grid", f"{tuple(p.grid)} = {len(p)} tasks"),
+        ("per block", f"input {_fmt_bytes(b['input'])}, output {_fmt_bytes(b['output'])}, "
+                      f"working {_fmt_bytes(b['working'])}"),
+        ("peak memory per task", _fmt_bytes(b["peak"])),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+
+
+@cli.command()
+@click.argument("output_url", metavar="OUTPUT")
+@storage_opt
+@click.option("--json", "as_json", is_flag=True)
+def status(output_url: str, storage_options: str | None, as_json: bool) -> None:
+    """Report the progress of a run from OUTPUT alone (no cluster needed)."""
+    from .bookkeeping import status as read_status
+
+    info = read_status(output_url, parse_storage_options(storage_options))
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    pct = 100.0 * info["done"] / info["tasks"] if info["tasks"] else 0.0
+    click.echo(f"{info['output']}: {info['state']}, {info['done']}/{info['tasks']} blocks done ({pct:.1f} %), "
+               f"{info['remaining']} remaining; method {info['method']}, factor {info['factor']}")
+    if info["remaining"]:
+        sys.exit(3)
+
+
+@cli.command()
+@click.option("--out", "out_dir", default="isovol-demo", show_default=True, help="Folder for the results.")
+@click.option("--factor", "-r", default=8, show_default=True, type=int)
+@click.option("--workers", type=int, default=2, show_default=True)
+def demo(out_dir: str, factor: int, workers: int) -> None:
+    """Run the demo on the bundled real FIB-SEM crop and print PSNR against the original."""
+    from .demo import run_demo
+
+    run_demo(out_dir, factor=factor, workers=workers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click in non-standalone mode, so every error is a single stderr line."""
+    try:
+        cli.main(args=argv, prog_name="isovol", standalone_mode=False)
+    except IsovolError as exc:
+        click.echo(f"isovol: error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("isovol: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = f" ({ctx.command_path})" if ctx is not None else ""
+        click.echo(f"isovol: error{where}: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code or 2)

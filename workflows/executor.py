@@ -1,0 +1,211 @@
+"""The blockwise executor: dask.distributed futures over blocks, in bounded waves.
+
+The client keeps at most ``max_in_flight`` blocks submitted at a time, so the scheduler never holds a
+whole-volume graph and client memory stays flat however large the volume.  Each task reads its input box,
+runs the method, writes its whole shards, makes them durable and only then writes its done marker.
+Failures are sorted into transient ones (storage throttling, lost workers, time-outs), which are retried
+a bounded number of times, and deterministic ones (bugs, bad data), which are not.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..pipeline.blocks import Block, BlockPlan
+from ..pipeline.io.omezarr import make_durable, open_level0
+from ..pipeline.io.readers import Volume
+from ..pipeline.methods.base import Method
+from .bookkeeping import Bookkeeper
+
+log = logging.getLogger("isovol")
+
+_TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "requesttimeout", "serviceunavailable", "internalerror",
+                    "connection", "timed out", "timeout", "temporarily", "503", "500 ")
+
+
+@dataclass
+class BlockContext:
+    """Everything a worker needs to process any block of one run; shipped to each worker once."""
+
+    volume: Volume
+    method: Method
+    plan: BlockPlan
+    output_url: str
+    output_options: dict[str, Any]
+    keeper: Bookkeeper
+    digest: str
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_array", None)
+        return state
+
+    @property
+    def array(self) -> Any:
+        if getattr(self, "_array", None) is None:
+            self._array = open_level0(self.output_url, self.output_options)
+        return self._array
+
+
+def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
+    """Process one block end to end (runs on a worker)."""
+    t0 = time.perf_counter()
+    data = ctx.volume.read_padded(block.in_lo, block.in_hi)
+    start, stop = ctx.plan.local_range(block)
+    out = ctx.method.apply(data, ctx.plan.factor, start, stop)
+    h = ctx.method.halo
+    oz, oy, ox = block.out_shape
+    out = out[:, h.y : h.y + oy, h.x : h.x + ox]
+    if out.shape != (oz, oy, ox):
+        raise RuntimeError(f"method {ctx.method.name} returned {out.shape} for block {block.key}, "
+                           f"expected {(oz, oy, ox)}")
+    box = tuple(slice(a, b) for a, b in zip(block.out_lo, block.out_hi))
+    ctx.array[box] = out
+    make_durable(ctx.output_url, ctx.array, block.out_lo, block.out_hi)
+    ctx.keeper.mark_done(block.key, ctx.digest)
+    return {"key": block.key, "seconds": time.perf_counter() - t0, "voxels": int(out.size)}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Storage hiccups, lost workers and time-outs are worth a retry; everything else is a bug or bad data."""
+    from distributed import KilledWorker
+    from distributed.comm.core import CommClosedError
+
+    if isinstance(exc, (KilledWorker, CommClosedError, ConnectionError, TimeoutError)):
+        return True
+    if type(exc).__name__ in ("CancelledError", "FutureCancelledError"):
+        return True
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return False
+    if isinstance(exc, OSError):
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(w in text for w in _TRANSIENT_WORDS)
+
+
+@dataclass
+class Summary:
+    total: int
+    skipped: int = 0
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    retried: int = 0
+    not_run: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.not_run
+
+    def line(self) -> str:
+        text = (f"{self.total} blocks: {self.done} done, {self.skipped} skipped (already done), "
+                f"{len(self.failed)} failed")
+        if self.not_run:
+            text += f", {self.not_run} not run"
+        if self.retried:
+            text += f", {self.retried} retries"
+        return text + f" in {self.seconds:.1f} s"
+
+
+class _Progress:
+    """A tqdm bar on a terminal; on a batch log, one line every ``every`` seconds."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, every: float = 30.0):
+        self.total, self.count, self.every, self.last = total, initial, every, time.monotonic()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="block", file=sys.stderr, dynamic_ncols=True)
+        self.enabled = enabled
+
+    def update(self) -> None:
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled and (time.monotonic() - self.last >= self.every or self.count == self.total):
+            self.last = time.monotonic()
+            log.info("progress: %d/%d blocks", self.count, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: int, skipped: int = 0,
+            max_in_flight: int | None = None, retries: int = 2, timeout: float | None = None,
+            max_failures: int = 10, progress: bool = True) -> Summary:
+    """Run ``blocks`` on the cluster behind ``client`` and return what happened."""
+    from distributed import wait
+
+    t0 = time.perf_counter()
+    summary = Summary(total=total, skipped=skipped)
+    if max_in_flight is None:
+        nthreads = sum(client.nthreads().values()) or 1
+        max_in_flight = 2 * nthreads
+    ctx_future = client.scatter(ctx, broadcast=True, hash=False)
+    queue: deque[Block] = deque(blocks)
+    attempts: dict[str, int] = {}
+    running: dict[Any, tuple[Block, float]] = {}
+    bar = _Progress(total, skipped, progress)
+    aborted = False
+    try:
+        while queue or running:
+            while queue and not aborted and len(running) < max_in_flight:
+                block = queue.popleft()
+                n = attempts.get(block.key, 0)
+                fut = client.submit(run_block, ctx_future, block, key=f"isovol-block-{block.key}-{ctx.digest[:8]}-{n}",
+                                    pure=False)
+                running[fut] = (block, time.monotonic())
+            if aborted and not running:
+                break
+            try:
+                finished, _ = wait(list(running), timeout=min(timeout or 1.0, 1.0), return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                finished = set()
+            now = time.monotonic()
+            expired = {f for f, (_, t) in running.items() if timeout and now - t > timeout and f not in finished}
+            for fut in list(finished) + list(expired):
+                block, _ = running.pop(fut)
+                if fut in expired:
+                    fut.cancel()
+                    exc: BaseException | None = TimeoutError(f"block {block.key} ran past {timeout:.0f} s")
+                else:
+                    exc = fut.exception() if fut.status == "error" else None
+                    if fut.status == "cancelled":
+                        exc = TimeoutError(f"block {block.key} was cancelled")
+                if exc is None:
+                    summary.done += 1
+                    bar.update()
+                    continue
+                n = attempts.get(block.key, 0) + 1
+                attempts[block.key] = n
+                if is_transient(exc) and n <= retries:
+                    summary.retried += 1
+                    log.warning("block %s: transient error, retry %d/%d: %s", block.key, n, retries,
+                                _one_line(exc))
+                    queue.append(block)
+                    continue
+                summary.failed[block.key] = _one_line(exc)
+                log.error("block %s failed: %s", block.key, _one_line(exc))
+                if len(summary.failed) >= max_failures and not aborted:
+                    aborted = True
+                    log.error("stopping after %d failed blocks", len(summary.failed))
+        summary.not_run = len(queue)
+    finally:
+        bar.close()
+        for fut in running:
+            fut.cancel()
+        summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()

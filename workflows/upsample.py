@@ -1,0 +1,188 @@
+"""`isovol upsample`: open the input, plan blocks, prepare (or resume) the output, run the executor."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..deploy.local import cluster_client
+from ..pipeline import __version__
+from ..pipeline.blocks import BlockPlan, Shape3
+from ..pipeline.errors import InputError, OutputError
+from ..pipeline.geometry import CONVENTION, check_factor, output_voxel_size
+from ..pipeline.io.omezarr import create_image, remove_partials
+from ..pipeline.io.readers import Vec3, Volume, open_volume
+from ..pipeline.io.urls import describe_error, filesystem, strip_url
+from ..pipeline.methods import Method, get_method
+from .bookkeeping import META_DIR, RUN_RECORD, Bookkeeper, run_hash
+from .executor import BlockContext, Summary, execute
+
+log = logging.getLogger("isovol")
+
+
+@dataclass
+class UpsampleRequest:
+    input: str
+    output: str
+    factor: Any
+    method: str = "cubic"
+    block_shape: Shape3 | None = None
+    shard_shape: Shape3 | None = None
+    chunk_shape: Shape3 | None = None
+    voxel_size: Vec3 | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    output_storage_options: dict[str, Any] | None = None
+    resume: bool = False
+    overwrite: bool = False
+    workers: int | None = None
+    scheduler: str | None = None
+    processes: bool = True
+    retries: int = 2
+    block_timeout: float | None = None
+    progress: bool = True
+    command: str = ""
+
+    @property
+    def out_options(self) -> dict[str, Any]:
+        return self.storage_options if self.output_storage_options is None else self.output_storage_options
+
+
+def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
+    """Validate the request and open the input: everything that can fail before the output is touched."""
+    factor = check_factor(req.factor)
+    method = get_method(req.method)
+    if req.resume and req.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    if strip_url(req.input) == strip_url(req.output):
+        raise InputError("the output must not be the input")
+    vol = open_volume(req.input, req.storage_options, req.voxel_size)
+    if vol.shape[0] < 2:
+        raise InputError(f"{strip_url(req.input)} has {vol.shape[0]} Z slice(s); at least 2 are needed")
+    if vol.voxel_size is None:
+        raise InputError(f"{strip_url(req.input)} carries no voxel size; pass --voxel-size Z,Y,X (nm)")
+    plan = BlockPlan.build(vol.shape, factor, method.halo, block_shape=req.block_shape,
+                           shard_shape=req.shard_shape, chunk_shape=req.chunk_shape,
+                           itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel)
+    return vol, method, plan
+
+
+def run_components(vol: Volume, method: Method, plan: BlockPlan) -> dict[str, Any]:
+    """Everything that determines the output; hashed into the run record."""
+    return {
+        "input": {"url": strip_url(vol.url), "shape": list(vol.shape), "dtype": str(vol.dtype),
+                  "voxel_size": list(vol.voxel_size or ()), "translation": list(vol.translation)},
+        "layout": {k: plan.describe()[k] for k in ("output_shape", "block_shape", "shard_shape", "chunk_shape",
+                                                   "padding")},
+        "factor": plan.factor,
+        "method": method.config(),
+        "model": method.model_hash,
+        "isovol": __version__,
+    }
+
+
+def _output_state(req: UpsampleRequest) -> tuple[Any, str, bool]:
+    try:
+        fs, path = filesystem(req.output, req.out_options)
+        return fs, path, bool(fs.exists(path))
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"cannot access {strip_url(req.output)}: {describe_error(exc)}") from None
+
+
+def _remove_output(fs: Any, path: str, url: str) -> None:
+    """Delete a previous isovol output for --overwrite, but never a folder isovol did not make."""
+    if fs.isdir(path) and fs.ls(path) and not fs.exists(posixpath.join(path, META_DIR, RUN_RECORD)):
+        raise OutputError(f"{strip_url(url)} exists and is not an isovol output; refusing to overwrite it")
+    fs.rm(path, recursive=True)
+
+
+def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
+    """Run (or resume) one upsampling; returns the summary. Raises IsovolError for unusable requests."""
+    vol, method, plan = prepare(req)
+    components = run_components(vol, method, plan)
+    digest = run_hash(components)
+    keeper = Bookkeeper(req.output, dict(req.out_options))
+    fs, path, exists = _output_state(req)
+    fresh = not exists or req.overwrite
+    if exists and not (req.resume or req.overwrite):
+        raise OutputError(f"output {strip_url(req.output)} exists; pass --resume to continue it or --overwrite "
+                          "to replace it")
+    if exists and req.resume:
+        keeper.check_resume(components)
+        removed = remove_partials(req.output, req.out_options)
+        if removed:
+            log.info("removed %d partial file(s) left by an interrupted writer", removed)
+    if fresh:
+        if exists:
+            _remove_output(fs, path, req.output)
+        _create(req, vol, method, plan, components, digest, keeper)
+    done = keeper.done_keys(digest)
+    todo = [b for b in plan.blocks() if b.key not in done]
+    log.info("%s -> %s: %d blocks, %d already done, method %s, factor %d", strip_url(req.input),
+             strip_url(req.output), len(plan), len(plan) - len(todo), method.name, plan.factor)
+    ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, digest)
+    _set_state(keeper, "running")
+    if client is None:
+        with cluster_client(req.workers, req.scheduler, processes=req.processes) as own:
+            summary = _execute(own, ctx, todo, plan, req)
+    else:
+        summary = _execute(client, ctx, todo, plan, req)
+    _set_state(keeper, "complete" if summary.ok else "incomplete")
+    return summary
+
+
+def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: UpsampleRequest) -> Summary:
+    return execute(client, ctx, todo, total=len(plan), skipped=len(plan) - len(todo), retries=req.retries,
+                   timeout=req.block_timeout, progress=req.progress)
+
+
+def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, components: dict[str, Any],
+            digest: str, keeper: Bookkeeper) -> None:
+    provenance = {
+        "method": method.name,
+        "method_config": method.config(),
+        "factor": plan.factor,
+        "model_hash": method.model_hash,
+        "isovol_version": __version__,
+        "command": req.command,
+        "input": strip_url(req.input),
+        "input_shape": list(vol.shape),
+        "input_voxel_size_nm": list(vol.voxel_size or ()),
+        "z_convention": CONVENTION,
+        "padding": plan.padding,
+        "run_hash": digest,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        create_image(req.output, req.out_options, shape=plan.out_shape, dtype=vol.dtype,
+                     chunks=plan.chunk_shape, shards=plan.shard_shape,
+                     voxel_size=output_voxel_size(vol.voxel_size, plan.factor),  # type: ignore[arg-type]
+                     translation=vol.translation, provenance=provenance, overwrite=req.overwrite)
+        keeper.ensure_writable()
+        keeper.write_record({"hash": digest, "components": components, "tasks": len(plan), "state": "created",
+                             "plan": plan.describe()})
+    except Exception as exc:
+        _cleanup_new(req)
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"cannot create output {strip_url(req.output)}: {describe_error(exc)}") from None
+
+
+def _cleanup_new(req: UpsampleRequest) -> None:
+    """Leave nothing behind when a fresh output could not be set up."""
+    try:
+        fs, path = filesystem(req.output, req.out_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except Exception:  # best effort: the original error is what the user needs to see
+        pass
+
+
+def _set_state(keeper: Bookkeeper, state: str) -> None:
+    record = keeper.read_record() or {}
+    record["state"] = state
+    keeper.write_record(record)
