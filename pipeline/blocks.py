@@ -126,7 +126,9 @@ class BlockPlan:
     def max_block_bytes(self) -> dict[str, int]:
         """Largest input, output and working buffers of any block, and their sum (peak per task)."""
         full_out = tuple(min(s, n) for s, n in zip(self.block_shape, self.out_shape))
-        zin = -(-full_out[0] // self.factor) + 1 + 2 * self.halo.z
+        # a block of L output slices starting at phase p spans ceil((p + L - 1) / r) + 1 input slices; worst p = r - 1
+        span = min(-(-(full_out[0] + self.factor - 2) // self.factor) + 1, self.in_shape[0])
+        zin = span + 2 * self.halo.z
         in_vox = zin * (full_out[1] + 2 * self.halo.y) * (full_out[2] + 2 * self.halo.x)
         out_vox = int(np.prod(full_out))
         sizes = {

@@ -89,6 +89,8 @@ class Bookkeeper:
             return None
         except json.JSONDecodeError:
             raise OutputError(f"{strip_url(self.url)}: the run record is damaged; rerun with --overwrite") from None
+        except Exception as exc:  # storage errors (credentials, missing bucket): one clear line, not a traceback
+            raise OutputError(f"cannot read {strip_url(self.url)}: {describe_error(exc)}") from None
 
     def write_record(self, record: dict[str, Any]) -> None:
         _atomic_put(self.fs, posixpath.join(self.root, RUN_RECORD),

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..pipeline.blocks import Block, BlockPlan
-from ..pipeline.io.omezarr import make_durable, open_level0
+from ..pipeline.io.omezarr import clear_shards, make_durable, open_level0
 from ..pipeline.io.readers import Volume
 from ..pipeline.methods.base import Method
 from .bookkeeping import Bookkeeper
@@ -66,6 +67,7 @@ def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
         raise RuntimeError(f"method {ctx.method.name} returned {out.shape} for block {block.key}, "
                            f"expected {(oz, oy, ox)}")
     box = tuple(slice(a, b) for a, b in zip(block.out_lo, block.out_hi))
+    clear_shards(ctx.array, block.out_lo, block.out_hi)  # a torn shard from a killed run must not be read back
     ctx.array[box] = out
     make_durable(ctx.output_url, ctx.array, block.out_lo, block.out_hi)
     ctx.keeper.mark_done(block.key, ctx.digest)
@@ -150,6 +152,9 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
         nthreads = sum(client.nthreads().values()) or 1
         max_in_flight = 2 * nthreads
     ctx_future = client.scatter(ctx, broadcast=True, hash=False)
+    # task keys unique to this call: a key the scheduler still holds (an earlier or concurrent run of the
+    # same digest, e.g. to another output) would otherwise be reused and its block never written here
+    run_id = uuid.uuid4().hex[:8]
     queue: deque[Block] = deque(blocks)
     attempts: dict[str, int] = {}
     running: dict[Any, tuple[Block, float]] = {}
@@ -160,8 +165,8 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
             while queue and not aborted and len(running) < max_in_flight:
                 block = queue.popleft()
                 n = attempts.get(block.key, 0)
-                fut = client.submit(run_block, ctx_future, block, key=f"isovol-block-{block.key}-{ctx.digest[:8]}-{n}",
-                                    pure=False)
+                key = f"isovol-block-{block.key}-{ctx.digest[:8]}-{run_id}-{n}"
+                fut = client.submit(run_block, ctx_future, block, key=key, pure=False)
                 running[fut] = (block, time.monotonic())
             if aborted and not running:
                 break

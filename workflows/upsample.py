@@ -95,7 +95,8 @@ def _output_state(req: UpsampleRequest) -> tuple[Any, str, bool]:
 
 def _remove_output(fs: Any, path: str, url: str) -> None:
     """Delete a previous isovol output for --overwrite, but never a folder isovol did not make."""
-    if fs.isdir(path) and fs.ls(path) and not fs.exists(posixpath.join(path, META_DIR, RUN_RECORD)):
+    empty_dir = fs.isdir(path) and not fs.ls(path)
+    if not empty_dir and not fs.exists(posixpath.join(path, META_DIR, RUN_RECORD)):  # a user's file or folder
         raise OutputError(f"{strip_url(url)} exists and is not an isovol output; refusing to overwrite it")
     fs.rm(path, recursive=True)
 

@@ -101,6 +101,18 @@ def shard_keys(array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> list[str
     return [array.metadata.encode_chunk_key(c) for c in itertools.product(*ranges)]
 
 
+def clear_shards(array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> None:
+    """Delete the stored shards covering [lo, hi) before they are rewritten whole.
+
+    zarr's sharding codec reads an existing shard before writing it, even when every chunk is replaced, so
+    a torn or corrupt shard left by an interrupted run would otherwise make its block fail on every resume.
+    """
+    from zarr.core.sync import sync
+
+    for key in shard_keys(array, lo, hi):
+        sync((array.store_path / key).delete())
+
+
 def make_durable(url: str, array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> None:
     """fsync the shard files of a written region (local disks; an object-store PUT is durable on return)."""
     if not is_local(url):
@@ -144,8 +156,9 @@ def write_image(url: str, data: np.ndarray, voxel_size: tuple[float, float, floa
                 storage_options: dict[str, Any] | None = None, chunks: tuple[int, int, int] = (64, 64, 64)):
     """Write a whole in-memory volume as a single-level OME-Zarr 0.5 image (inputs for demos and tests)."""
     chunks = tuple(min(c, n) for c, n in zip(chunks, data.shape))
+    shards = tuple(-(-n // c) * c for n, c in zip(data.shape, chunks))  # one shard, a whole number of chunks
     arr = create_image(url, storage_options, shape=data.shape, dtype=data.dtype, chunks=chunks,
-                       shards=tuple(data.shape), voxel_size=voxel_size, translation=translation,
+                       shards=shards, voxel_size=voxel_size, translation=translation,
                        provenance=attributes or {}, overwrite=True)
     arr[...] = data
     return arr

@@ -7,7 +7,10 @@ whatever process reads from it, so a worker receives a reader, not data.
 from __future__ import annotations
 
 import ast
+import operator
 import posixpath
+import re
+import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -77,6 +80,9 @@ class Volume(ABC):
         if not isinstance(key, tuple):
             key = (key,)
         key = key + (slice(None),) * (3 - len(key))
+        key = tuple(k if isinstance(k, slice) else _int_index(k, n) for k, n in zip(key, self.shape))
+        if any(isinstance(k, slice) and k.step is not None and k.step < 0 for k in key):
+            raise IndexError("negative steps are not supported; read forward and reverse the result")
         box = tuple(slice(*k.indices(n)[:2]) if isinstance(k, slice) else slice(k, k + 1)
                     for k, n in zip(key, self.shape))
         out = self.read(box)
@@ -104,6 +110,16 @@ class Volume(ABC):
         for d in "zyx":
             da_[d].attrs["units"] = "nm" if self.voxel_size else "voxel"
         return da_
+
+
+def _int_index(k: Any, n: int) -> int:
+    """An integer index as numpy reads it: negative counts from the end, out of range is an IndexError."""
+    i = operator.index(k)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {k} is out of bounds for axis with size {n}")
+    return i
 
 
 def _squeeze_shape(shape: tuple[int, ...], url: str) -> tuple[int, tuple[int, int, int]]:
@@ -174,7 +190,9 @@ class NpyVolume(Volume):
         fs, path = filesystem(url, self.storage_options)
         with fs.open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
             self._offset = f.tell()
         if fortran:
             raise InputError(f"{strip_url(url)} is a Fortran-ordered .npy; save it C-ordered (np.ascontiguousarray)")
@@ -226,6 +244,7 @@ class TiffVolume(Volume):
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         super().__init__(url, storage_options)
+        self._lock = threading.Lock()  # one TiffFile handle seeks and reads: threads must take turns
         tif = self.handle
         series = tif.series[0]
         self._lead, self.shape = _squeeze_shape(series.shape, url)
@@ -241,13 +260,31 @@ class TiffVolume(Volume):
         fs, path = filesystem(self.url, self.storage_options)
         return tifffile.TiffFile(fs.open(path, "rb"))
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _read(self, box: Box) -> np.ndarray:
+        with self._lock:
+            return self._read_locked(box)
+
+    def _read_locked(self, box: Box) -> np.ndarray:
         series = self.handle.series[0]
         if self._paged:
             return np.stack([series.pages[z].asarray().reshape(self.shape[1:])[box[1], box[2]]
                              for z in range(box[0].start, box[0].stop)])
         data = series.asarray(out="memmap") if is_local(self.url) else series.asarray()
         return data.reshape(self.shape)[box]
+
+
+def _natural_key(name: str) -> list[object]:
+    """Sort ``slice_2`` before ``slice_10``: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", posixpath.basename(name))]
 
 
 class TiffFolderVolume(Volume):
@@ -260,7 +297,8 @@ class TiffFolderVolume(Volume):
         import tifffile
 
         fs, path = filesystem(url, self.storage_options)
-        names = sorted(p for p in fs.ls(path, detail=False) if p.lower().endswith((".tif", ".tiff")))
+        names = sorted((p for p in fs.ls(path, detail=False) if p.lower().endswith((".tif", ".tiff"))),
+                       key=_natural_key)
         if not names:
             raise InputError(f"{strip_url(url)} holds no .tif/.tiff slices")
         self.files = names
@@ -389,7 +427,7 @@ def parse_voxel_size(text: str | None) -> Vec3 | None:
         return None
     try:
         parts = [float(ast.literal_eval(p.strip())) for p in text.split(",")]
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError):
         parts = []
     if len(parts) != 3 or any(not np.isfinite(p) or p <= 0 for p in parts):
         raise InputError(f"--voxel-size must be three positive numbers Z,Y,X in nm, got {text!r}")

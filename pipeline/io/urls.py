@@ -75,4 +75,6 @@ def describe_error(exc: BaseException) -> str:
         return "access denied (check the credentials in --storage-options or the environment)"
     if isinstance(exc, FileNotFoundError) or "nosuchbucket" in lowered or "not found" in lowered:
         return "not found"
-    return re.sub(r"(?i)(secret|token|password)[^,;\s]*", r"\1=***", text)
+    text = re.sub(r"://[^/@\s]*@", "://", text)  # user:password@ in a quoted URL
+    # NAME=value, NAME: value, "NAME": "value" and NAMEvalue forms all lose the value
+    return re.sub(r"""(?i)(secret|token|password)([\w-]*['"]?\s*[:=]\s*['"]?[^\s,;'"]*|[^,;\s]*)""", r"\1=***", text)

@@ -65,7 +65,8 @@ class Interpolation(Method):
         if data.ndim != 3:
             raise ValueError(f"expected a (z, y, x) stack, got shape {data.shape}")
         out = np.empty((stop - start,) + data.shape[1:], dtype=data.dtype)
-        work = np.float64 if data.dtype == np.float64 else np.float32
+        # float32 is exact for 8/16-bit data; wider types need float64 to keep every grey level
+        work = np.float32 if data.dtype.itemsize <= 2 or data.dtype == np.float32 else np.float64
         src = data.astype(work, copy=False)
         for phase in range(factor):
             first = start + (phase - start) % factor  # first local index >= start with this phase
