@@ -57,3 +57,44 @@ def plane_scores(ref: np.ndarray, test: np.ndarray, factor: int, with_ssim: bool
             row["ssim"] = float(np.mean([ssim(a, b, drange) for a, b in pairs]))
         out[name] = row
     return out
+
+
+def fsc(ref: np.ndarray, test: np.ndarray, voxel_nm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """3-D Fourier shell correlation of two volumes on the same isotropic grid, Hann-windowed.
+
+    Returns (spatial frequency in 1/nm at shell centres, correlation per shell).  Shells are one sample of
+    the shortest axis wide, up to Nyquist.
+    """
+    if ref.shape != test.shape:
+        raise ValueError(f"shapes differ: {ref.shape} vs {test.shape}")
+    window = 1.0
+    for axis, n in enumerate(ref.shape):
+        shape = [1] * ref.ndim
+        shape[axis] = n
+        window = window * np.hanning(n).reshape(shape)
+    fa = np.fft.fftn((ref - ref.mean()) * window)
+    fb = np.fft.fftn((test - test.mean()) * window)
+    grids = np.meshgrid(*[np.fft.fftfreq(n) for n in ref.shape], indexing="ij")
+    radius = np.sqrt(sum(g * g for g in grids))  # cycles per voxel
+    nshell = min(ref.shape) // 2
+    shell = np.floor(radius * 2 * nshell).astype(int)  # width 1 / (2 * nshell) cycles per voxel
+    keep = shell < nshell
+    idx = shell[keep]
+    cross = np.bincount(idx, (fa * np.conj(fb)).real[keep], nshell)
+    pa = np.bincount(idx, (np.abs(fa) ** 2)[keep], nshell)
+    pb = np.bincount(idx, (np.abs(fb) ** 2)[keep], nshell)
+    curve = cross / np.sqrt(np.maximum(pa * pb, 1e-30))
+    freq = (np.arange(nshell) + 0.5) / (2 * nshell) / voxel_nm
+    return freq, curve
+
+
+def fsc_resolution(freq: np.ndarray, curve: np.ndarray, threshold: float = 0.5) -> float:
+    """Resolution (nm) where the FSC first drops below ``threshold`` (linear interpolation between shells);
+    the Nyquist resolution 1 / freq[-1] if it never does."""
+    below = np.nonzero(curve[1:] < threshold)[0]
+    if below.size == 0:
+        return float(1.0 / freq[-1])
+    i = below[0] + 1
+    f0, f1, c0, c1 = freq[i - 1], freq[i], curve[i - 1], curve[i]
+    f = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 != c1 else f1
+    return float(1.0 / f)

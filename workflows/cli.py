@@ -74,7 +74,8 @@ def cli(quiet: bool) -> None:
 @click.argument("input_url", metavar="INPUT")
 @click.argument("output_url", metavar="OUTPUT")
 @click.option("--factor", "-r", required=True, help="Z upsampling factor (integer >= 2).")
-@click.option("--method", default="cubic", show_default=True, help="nearest, linear or cubic.")
+@click.option("--method", default="cubic", show_default=True, help="nearest, linear, cubic or dgean.")
+@click.option("--model", "model_dir", default=None, metavar="DIR", help="Model directory of a learned method.")
 @block_opt
 @shard_opt
 @chunk_opt
@@ -88,7 +89,8 @@ def cli(quiet: bool) -> None:
 @click.option("--retries", type=int, default=2, show_default=True, help="Retries of a block after a transient error.")
 @click.option("--block-timeout", type=float, default=None, metavar="SECONDS", help="Give up on a block after this.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
-def upsample(input_url: str, output_url: str, factor: str, method: str, block_shape: str | None,
+def upsample(input_url: str, output_url: str, factor: str, method: str, model_dir: str | None,
+             block_shape: str | None,
              shard_shape: str | None, chunk_shape: str | None, workers: int | None, scheduler: str | None,
              resume: bool, overwrite: bool, voxel_size: str | None, storage_options: str | None,
              output_storage_options: str | None, retries: int, block_timeout: float | None,
@@ -98,7 +100,7 @@ def upsample(input_url: str, output_url: str, factor: str, method: str, block_sh
     from .upsample import upsample as run
 
     req = UpsampleRequest(
-        input=input_url, output=output_url, factor=factor, method=method,
+        input=input_url, output=output_url, factor=factor, method=method, model=model_dir,
         block_shape=parse_shape(block_shape, "--block-shape"), shard_shape=parse_shape(shard_shape, "--shard-shape"),
         chunk_shape=parse_shape(chunk_shape, "--chunk-shape"), voxel_size=parse_voxel_size(voxel_size),
         storage_options=parse_storage_options(storage_options),
@@ -156,6 +158,33 @@ def plan(input_url: str, factor: str, method: str, block_shape: str | None, shar
     width = max(len(r[0]) for r in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
+
+
+@cli.command("train-dgean")
+@click.argument("volume_url", metavar="VOLUME")
+@click.argument("model_dir", metavar="MODEL_DIR")
+@click.option("--factor", "-r", required=True, help="Z factor the model is trained for (any factor works later).")
+@click.option("--isotropic", is_flag=True,
+              help="VOLUME is real isotropic ground truth: also train along Z (Sup-DGEAN).")
+@click.option("--steps", type=int, default=None, help="Training steps [default: the recipe's].")
+@click.option("--config", "recipe", default="default", show_default=True, metavar="tiny|default|FILE",
+              help="Recipe: model size and training settings, or a YAML/JSON file {model: ..., train: ...}.")
+@click.option("--region", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1", help="Train on this part of VOLUME.")
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@storage_opt
+def train_dgean_cmd(volume_url: str, model_dir: str, factor: str, isotropic: bool, steps: int | None, recipe: str,
+                    region: str | None, device: str | None, storage_options: str | None) -> None:
+    """Train DGEAN on a (pseudo-)isotropic VOLUME into MODEL_DIR (resumes an interrupted training)."""
+    from ..pipeline.geometry import check_factor
+    from .train_dgean import run_train_dgean
+
+    result = run_train_dgean(volume_url, model_dir, check_factor(factor), isotropic=isotropic, config=recipe,
+                             steps=steps, region=region, device=device,
+                             storage_options=parse_storage_options(storage_options))
+    last = result["history"][-1]
+    click.echo(f"isovol: trained {result['steps']} steps in {result['seconds']:.0f} s; validation PSNR "
+               f"{last['psnr']:.2f} dB (cubic {last['cubic_psnr']:.2f} dB); model {model_dir} "
+               f"sha256 {result['model_hash'][:12]}", err=True)
 
 
 @cli.command()

@@ -60,15 +60,17 @@ def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     data = ctx.volume.read_padded(block.in_lo, block.in_hi)
     start, stop = ctx.plan.local_range(block)
     out = ctx.method.apply(data, ctx.plan.factor, start, stop)
-    h = ctx.method.halo
-    oz, oy, ox = block.out_shape
-    out = out[:, h.y : h.y + oy, h.x : h.x + ox]
-    if out.shape != (oz, oy, ox):
+    if out.shape != block.out_shape:
         raise RuntimeError(f"method {ctx.method.name} returned {out.shape} for block {block.key}, "
-                           f"expected {(oz, oy, ox)}")
+                           f"expected {block.out_shape}")
     box = tuple(slice(a, b) for a, b in zip(block.out_lo, block.out_hi))
-    clear_shards(ctx.array, block.out_lo, block.out_hi)  # a torn shard from a killed run must not be read back
-    ctx.array[box] = out
+    try:
+        ctx.array[box] = out
+    except Exception:
+        # zarr reads a stored shard before rewriting it, and one torn by a crash cannot be read: drop it and write
+        # afresh. Never delete first: a late duplicate attempt would open a window with a marked block's shard gone.
+        clear_shards(ctx.array, block.out_lo, block.out_hi)
+        ctx.array[box] = out
     make_durable(ctx.output_url, ctx.array, block.out_lo, block.out_hi)
     ctx.keeper.mark_done(block.key, ctx.digest)
     return {"key": block.key, "seconds": time.perf_counter() - t0, "voxels": int(out.size)}

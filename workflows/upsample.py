@@ -29,6 +29,8 @@ class UpsampleRequest:
     output: str
     factor: Any
     method: str = "cubic"
+    model: str | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)  # e.g. tile / device of a learned method
     block_shape: Shape3 | None = None
     shard_shape: Shape3 | None = None
     chunk_shape: Shape3 | None = None
@@ -53,7 +55,7 @@ class UpsampleRequest:
 def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
     """Validate the request and open the input: everything that can fail before the output is touched."""
     factor = check_factor(req.factor)
-    method = get_method(req.method)
+    method = get_method(req.method, model=req.model, **req.method_options)
     if req.resume and req.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
     if strip_url(req.input) == strip_url(req.output):

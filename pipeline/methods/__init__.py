@@ -10,13 +10,24 @@ CLASSICAL = Interpolation.KINDS
 
 
 def available() -> tuple[str, ...]:
-    return CLASSICAL
+    return CLASSICAL + LEARNED
 
 
-def get_method(name: str) -> Method:
-    """Build a method from its name, or refuse with the list of known ones."""
+LEARNED = ("dgean",)
+
+
+def get_method(name: str, model: str | None = None, **options: object) -> Method:
+    """Build a method from its name (and model directory for learned ones), or refuse clearly."""
     if name in CLASSICAL:
+        if model:
+            raise InputError(f"method {name!r} takes no --model")
         return Interpolation(name)
+    if name == "dgean":
+        if not model:
+            raise InputError("method 'dgean' needs --model MODEL_DIR (train one with `isovol train-dgean`)")
+        from .dgean import DGEANMethod
+
+        return DGEANMethod(model, **options)  # type: ignore[arg-type]
     raise InputError(f"unknown method {name!r}; choose one of: {', '.join(available())}")
 
 

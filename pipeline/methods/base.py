@@ -2,8 +2,8 @@
 
 A method knows nothing about zarr, dask or blocks on disk.  It receives a stack of input slices that
 already carries its declared halo (edge-padded at the volume border by the caller) and returns the
-requested output slices.  Local output index j corresponds to input position j / factor, counted from
-the first slice of the stack it was given.
+requested output slices without the Y/X halo.  Local output index j corresponds to input position
+j / factor, counted from the first slice of the stack it was given.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class Method(ABC):
 
     @abstractmethod
     def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
-        """Return output slices [start, stop) (local indices) for the input stack ``data`` (z, y, x)."""
+        """Output slices [start, stop) (local indices) for the stack ``data`` (z, y, x), Y/X halo removed:
+        shape (stop - start, y - 2 * halo.y, x - 2 * halo.x)."""
 
 
 def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -60,5 +61,4 @@ def upsample_array(volume: np.ndarray, factor: int, method: Method) -> np.ndarra
     h = method.halo
     padded = np.pad(volume, ((h.z, h.z + 1), (h.y, h.y), (h.x, h.x)), mode="edge")
     n = volume.shape[0]
-    out = method.apply(padded, factor, h.z * factor, (h.z + n - 1) * factor + 1)
-    return out[:, h.y : h.y + volume.shape[1], h.x : h.x + volume.shape[2]]
+    return method.apply(padded, factor, h.z * factor, (h.z + n - 1) * factor + 1)
