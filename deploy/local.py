@@ -35,7 +35,7 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None, *, 
             client.close()
         return
     cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=threads_per_worker,
-                           processes=processes, dashboard_address=None, silence_logs=logging.ERROR)
+                           processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster)
     try:
         yield client

@@ -87,7 +87,9 @@ def cli(quiet: bool) -> None:
 @storage_opt
 @click.option("--output-storage-options", default=None, metavar="JSON", help="Storage options for the output.")
 @click.option("--retries", type=int, default=2, show_default=True, help="Retries of a block after a transient error.")
-@click.option("--block-timeout", type=float, default=None, metavar="SECONDS", help="Give up on a block after this.")
+@click.option("--block-timeout", type=float, default=None, metavar="SECONDS",
+              help="Retry a block not finished this long after submission (it may wait behind one other block "
+                   "per worker thread, so allow about twice a block's run time).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 def upsample(input_url: str, output_url: str, factor: str, method: str, model_dir: str | None,
              block_shape: str | None,
@@ -120,18 +122,20 @@ def upsample(input_url: str, output_url: str, factor: str, method: str, model_di
 @click.argument("input_url", metavar="INPUT")
 @click.option("--factor", "-r", required=True, help="Z upsampling factor (integer >= 2).")
 @click.option("--method", default="cubic", show_default=True)
+@click.option("--model", "model_dir", default=None, metavar="DIR", help="Model directory of a learned method.")
 @block_opt
 @shard_opt
 @chunk_opt
 @voxel_opt
 @storage_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(input_url: str, factor: str, method: str, block_shape: str | None, shard_shape: str | None,
-         chunk_shape: str | None, voxel_size: str | None, storage_options: str | None, as_json: bool) -> None:
+def plan(input_url: str, factor: str, method: str, model_dir: str | None, block_shape: str | None,
+         shard_shape: str | None, chunk_shape: str | None, voxel_size: str | None, storage_options: str | None,
+         as_json: bool) -> None:
     """Print the block plan for INPUT: grid, tasks, bytes and peak memory per block."""
     from .upsample import UpsampleRequest, prepare
 
-    req = UpsampleRequest(input=input_url, output="<plan>", factor=factor, method=method,
+    req = UpsampleRequest(input=input_url, output="<plan>", factor=factor, method=method, model=model_dir,
                           block_shape=parse_shape(block_shape, "--block-shape"),
                           shard_shape=parse_shape(shard_shape, "--shard-shape"),
                           chunk_shape=parse_shape(chunk_shape, "--chunk-shape"),

@@ -150,9 +150,7 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
 
     t0 = time.perf_counter()
     summary = Summary(total=total, skipped=skipped)
-    if max_in_flight is None:
-        nthreads = sum(client.nthreads().values()) or 1
-        max_in_flight = 2 * nthreads
+    window = _InFlight(client, max_in_flight)
     ctx_future = client.scatter(ctx, broadcast=True, hash=False)
     # task keys unique to this call: a key the scheduler still holds (an earlier or concurrent run of the
     # same digest, e.g. to another output) would otherwise be reused and its block never written here
@@ -164,7 +162,7 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
     aborted = False
     try:
         while queue or running:
-            while queue and not aborted and len(running) < max_in_flight:
+            while queue and not aborted and len(running) < window.limit():
                 block = queue.popleft()
                 n = attempts.get(block.key, 0)
                 key = f"isovol-block-{block.key}-{ctx.digest[:8]}-{run_id}-{n}"
@@ -211,6 +209,27 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
             fut.cancel()
         summary.seconds = time.perf_counter() - t0
     return summary
+
+
+class _InFlight:
+    """How many blocks to keep submitted: two per worker thread, re-read every few seconds because workers of
+    a batch-queue or adaptive cluster arrive (and leave) while the run is going."""
+
+    def __init__(self, client: Any, fixed: int | None, every: float = 5.0):
+        self.client, self.fixed, self.every = client, fixed, every
+        self.value, self.checked = 1, -float("inf")
+        if fixed is None and not client.nthreads():
+            log.info("waiting for the first worker to join the cluster")
+            client.wait_for_workers(1)
+
+    def limit(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        now = time.monotonic()
+        if now - self.checked >= self.every:
+            self.checked = now
+            self.value = 2 * max(1, sum(self.client.nthreads().values()))
+        return self.value
 
 
 def _one_line(exc: BaseException) -> str:
