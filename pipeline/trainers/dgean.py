@@ -93,10 +93,14 @@ def data_scale(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
-def _lr(step: int, cfg: TrainConfig) -> float:
+def _lr(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 10 %.  Under a time budget the decay follows whichever runs out
+    first, steps or minutes, so a budgeted run still ends annealed instead of being cut off at a high rate."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.max_minutes:
+        t = max(t, elapsed / (60 * cfg.max_minutes))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
@@ -175,7 +179,7 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
             _save(model_dir, identity, model, opt, step, history)
             break
         for g in opt.param_groups:
-            g["lr"] = _lr(step, train)
+            g["lr"] = _lr(step, train, time.perf_counter() - t0)
         b = sampler.sample(train.batch)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             pred = model(b.window, b.depths)
