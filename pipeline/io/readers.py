@@ -79,6 +79,9 @@ class Volume(ABC):
         """numpy-style reads (for dask.array.from_array and quick looks)."""
         if not isinstance(key, tuple):
             key = (key,)
+        if Ellipsis in key:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
         key = key + (slice(None),) * (3 - len(key))
         key = tuple(k if isinstance(k, slice) else _int_index(k, n) for k, n in zip(key, self.shape))
         if any(isinstance(k, slice) and k.step is not None and k.step < 0 for k in key):

@@ -72,7 +72,7 @@ def describe_error(exc: BaseException) -> str:
     lowered = (name + " " + text).lower()
     if any(s in lowered for s in ("accessdenied", "access denied", "invalidaccesskeyid", "signaturedoesnotmatch",
                                   "forbidden", "403", "permission", "credentials")):
-        return "access denied (check the credentials in --storage-options or the environment)"
+        return "access denied (check the credentials in the storage options or the environment)"
     if isinstance(exc, FileNotFoundError) or "nosuchbucket" in lowered or "not found" in lowered:
         return "not found"
     text = re.sub(r"://[^/@\s]*@", "://", text)  # user:password@ in a quoted URL

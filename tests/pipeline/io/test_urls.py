@@ -14,7 +14,7 @@ from isovol.pipeline.io.urls import (
 )
 
 SECRETS = ["AKIAEXAMPLEKEY123", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLE", "tok-abc.def", "hunter2", "sess-999"]
-CREDENTIALS = "access denied (check the credentials in --storage-options or the environment)"
+CREDENTIALS = "access denied (check the credentials in the storage options or the environment)"
 
 
 def test_redact_options_hides_secret_like_keys_at_any_depth():
