@@ -59,7 +59,7 @@ def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     t0 = time.perf_counter()
     data = ctx.volume.read_padded(block.in_lo, block.in_hi)
     start, stop = ctx.plan.local_range(block)
-    out = ctx.method.apply(data, ctx.plan.factor, start, stop)
+    out = ctx.method.apply_at(data, ctx.plan.factor, start, stop, block.in_lo)
     if out.shape != block.out_shape:
         raise RuntimeError(f"method {ctx.method.name} returned {out.shape} for block {block.key}, "
                            f"expected {block.out_shape}")

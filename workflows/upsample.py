@@ -75,7 +75,8 @@ def run_components(vol: Volume, method: Method, plan: BlockPlan) -> dict[str, An
     """Everything that determines the output; hashed into the run record."""
     return {
         "input": {"url": strip_url(vol.url), "shape": list(vol.shape), "dtype": str(vol.dtype),
-                  "voxel_size": list(vol.voxel_size or ()), "translation": list(vol.translation)},
+                  "voxel_size": list(vol.voxel_size or ()), "translation": list(vol.translation),
+                  "region": vol.region},
         "layout": {k: plan.describe()[k] for k in ("output_shape", "block_shape", "shard_shape", "chunk_shape",
                                                    "padding")},
         "factor": plan.factor,

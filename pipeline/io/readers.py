@@ -36,6 +36,7 @@ class Volume(ABC):
         self.dtype: np.dtype = np.dtype("uint8")
         self.voxel_size: Vec3 | None = None
         self.translation: Vec3 = (0.0, 0.0, 0.0)
+        self.region: list[list[int]] | None = None  # the box of the source volume, when this is a part of it
         self._handle: Any = None
 
     # -- pickling: never ship open handles -------------------------------------------------------
@@ -372,6 +373,29 @@ class Hdf5Volume(Volume):
 
     def _read(self, box: Box) -> np.ndarray:
         return self.handle[(0,) * self._lead + box]
+
+
+class RegionVolume(Volume):
+    """A box of another volume, itself a volume: reads are shifted, the translation moves with the box."""
+
+    kind = "region"
+
+    def __init__(self, base: Volume, box: tuple[slice, slice, slice]):
+        super().__init__(base.url, base.storage_options)
+        self.base = base
+        self.offset = tuple(int(b.start) for b in box)
+        self.shape = tuple(int(b.stop - b.start) for b in box)  # type: ignore[assignment]
+        self.dtype = base.dtype
+        self.voxel_size = base.voxel_size
+        vs = base.voxel_size or (1.0, 1.0, 1.0)
+        self.translation = tuple(t + o * v for t, o, v in zip(base.translation, self.offset, vs))  # type: ignore
+        self.region = [[b.start, b.stop] for b in box]
+
+    def _open(self) -> Any:
+        return self.base
+
+    def _read(self, box: Box) -> np.ndarray:
+        return self.base.read(tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, self.offset)))
 
 
 _H5_EXT = (".h5", ".hdf5", ".hdf", ".he5")

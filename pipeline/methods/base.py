@@ -40,6 +40,13 @@ class Method(ABC):
         """Everything that changes the result; goes into the run hash and the provenance."""
         return {"name": self.name}
 
+    def apply_at(self, data: np.ndarray, factor: int, start: int, stop: int,
+                 origin: tuple[int, int, int]) -> np.ndarray:
+        """``apply`` for a stack whose first voxel sits at global input index ``origin`` (z, y, x; may be
+        negative where the caller padded).  Methods whose result depends on where a block lies (seeded noise,
+        a global tile grid) override this; the executor always calls it."""
+        return self.apply(data, factor, start, stop)
+
     @abstractmethod
     def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
         """Output slices [start, stop) (local indices) for the stack ``data`` (z, y, x), Y/X halo removed:
@@ -61,4 +68,4 @@ def upsample_array(volume: np.ndarray, factor: int, method: Method) -> np.ndarra
     h = method.halo
     padded = np.pad(volume, ((h.z, h.z + 1), (h.y, h.y), (h.x, h.x)), mode="edge")
     n = volume.shape[0]
-    return method.apply(padded, factor, h.z * factor, (h.z + n - 1) * factor + 1)
+    return method.apply_at(padded, factor, h.z * factor, (h.z + n - 1) * factor + 1, (-h.z, -h.y, -h.x))
