@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 from typing import Any
@@ -164,6 +165,56 @@ def plan(input_url: str, factor: str, method: str, model_dir: str | None, block_
         click.echo(f"{k:<{width}}  {v}")
 
 
+@cli.command()
+@click.argument("input_url", metavar="INPUT")
+@click.argument("output_url", metavar="OUTPUT")
+@click.option("--prior", "prior_dir", required=True, metavar="PRIOR_DIR", help="Stage I prior (isovol train-prior).")
+@click.option("--factor", "-r", default=None, help="Z factor; must match the prior's [default: the prior's].")
+@click.option("--region", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1", help="Recover only this part of INPUT.")
+@click.option("--sampler", type=click.Choice(["reference", "posterior", "fast"]), default="fast", show_default=True)
+@click.option("--steps", type=int, default=None, help="Network calls of the fast sampler (<= 10) [default: 5].")
+@click.option("--t-start", type=int, default=None, help="Start step (truncated start) [default: T, fast: T/2].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (with slice and tile positions).")
+@click.option("--fusion", type=click.Choice(["mean", "geometric"]), default="mean", show_default=True)
+@click.option("--tile", type=int, default=128, show_default=True, help="Tile core size inside a slice.")
+@click.option("--margin", type=int, default=16, show_default=True, help="Context around each tile, cropped.")
+@block_opt
+@click.option("--workers", type=int, default=None)
+@click.option("--scheduler", default=None, metavar="ADDRESS")
+@click.option("--resume", is_flag=True)
+@click.option("--overwrite", is_flag=True)
+@voxel_opt
+@storage_opt
+@click.option("--no-progress", is_flag=True)
+def recover(input_url: str, output_url: str, prior_dir: str, factor: str | None, region: str | None, sampler: str,
+            steps: int | None, t_start: int | None, seed: int, fusion: str, tile: int, margin: int,
+            block_shape: str | None, workers: int | None, scheduler: str | None, resume: bool, overwrite: bool,
+            voxel_size: str | None, storage_options: str | None, no_progress: bool) -> None:
+    """D2R Stage II: restore the XZ and YZ slices of INPUT with the prior and write their fusion, a
+    pseudo-isotropic OME-Zarr that `isovol train-dgean` accepts."""
+    from ..pipeline.checkpoints import CONFIG, load_json
+    from ..pipeline.geometry import check_factor
+    from .upsample import UpsampleRequest
+    from .upsample import upsample as run
+
+    if factor is None:
+        factor = load_json(os.path.join(prior_dir, CONFIG), "prior").get("factor")
+    r = check_factor(factor)
+    req = UpsampleRequest(
+        input=input_url, output=output_url, factor=r, method="d2r-recover", model=prior_dir,
+        method_options={"factor": r, "sampler": sampler, "steps": steps, "t_start": t_start, "seed": seed,
+                        "fusion": fusion, "tile": tile, "margin": margin},
+        region=region, block_shape=parse_shape(block_shape, "--block-shape"),
+        voxel_size=parse_voxel_size(voxel_size), storage_options=parse_storage_options(storage_options),
+        resume=resume, overwrite=overwrite, workers=workers, scheduler=scheduler, progress=not no_progress,
+        command=_command_line())
+    summary = run(req)
+    click.echo(f"isovol: {summary.line()}", err=True)
+    if not summary.ok:
+        click.echo("isovol: run incomplete; rerun the same command with --resume to finish it", err=True)
+        sys.exit(1)
+
+
 @cli.command("train-dgean")
 @click.argument("volume_url", metavar="VOLUME")
 @click.argument("model_dir", metavar="MODEL_DIR")
@@ -189,6 +240,32 @@ def train_dgean_cmd(volume_url: str, model_dir: str, factor: str, isotropic: boo
     click.echo(f"isovol: trained {result['steps']} steps in {result['seconds']:.0f} s; validation PSNR "
                f"{last['psnr']:.2f} dB (cubic {last['cubic_psnr']:.2f} dB); model {model_dir} "
                f"sha256 {result['model_hash'][:12]}", err=True)
+
+
+@cli.command("train-prior")
+@click.argument("volume_url", metavar="INPUT")
+@click.argument("prior_dir", metavar="PRIOR_DIR")
+@click.option("--factor", "-r", required=True, help="Z factor of INPUT: XY slices lose all but every r-th row.")
+@click.option("--steps", type=int, default=None, help="Training steps [default: the recipe's].")
+@click.option("--config", "recipe", default="default", show_default=True, metavar="tiny|default|FILE",
+              help="Recipe: NAFNet size, SDE and training settings, or a YAML/JSON file {model, sde, train}.")
+@click.option("--region", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1", help="Train on this part of INPUT.")
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@storage_opt
+def train_prior_cmd(volume_url: str, prior_dir: str, factor: str, steps: int | None, recipe: str,
+                    region: str | None, device: str | None, storage_options: str | None) -> None:
+    """Train the D2R Stage I prior (IR-SDE) on XY slices of the anisotropic INPUT into PRIOR_DIR (resumes an
+    interrupted training)."""
+    from ..pipeline.geometry import check_factor
+    from .train_prior import run_train_prior
+
+    result = run_train_prior(volume_url, prior_dir, check_factor(factor), config=recipe, steps=steps,
+                             region=region, device=device, storage_options=parse_storage_options(storage_options))
+    last = result["history"][-1]
+    quality = (f"restoration PSNR {last['psnr']:.2f} dB (cubic {last['cubic_psnr']:.2f} dB), " if "psnr" in last
+               else "")
+    click.echo(f"isovol: trained {result['steps']} steps in {result['seconds']:.0f} s; validation {quality}"
+               f"loss {last['loss']:.5f}; prior {prior_dir} sha256 {result['model_hash'][:12]}", err=True)
 
 
 @cli.command()

@@ -12,9 +12,9 @@ from ..deploy.local import cluster_client
 from ..pipeline import __version__
 from ..pipeline.blocks import BlockPlan, Shape3
 from ..pipeline.errors import InputError, OutputError
-from ..pipeline.geometry import CONVENTION, check_factor, output_voxel_size
+from ..pipeline.geometry import CONVENTION, check_factor, output_shape, output_voxel_size
 from ..pipeline.io.omezarr import create_image, remove_partials
-from ..pipeline.io.readers import Vec3, Volume, open_volume
+from ..pipeline.io.readers import RegionVolume, Vec3, Volume, open_volume
 from ..pipeline.io.urls import describe_error, filesystem, strip_url
 from ..pipeline.methods import Method, get_method
 from .bookkeeping import META_DIR, RUN_RECORD, Bookkeeper, run_hash
@@ -31,6 +31,7 @@ class UpsampleRequest:
     method: str = "cubic"
     model: str | None = None
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. tile / device of a learned method
+    region: str | None = None  # Z0:Z1,Y0:Y1,X0:X1 of the input, in input voxels
     block_shape: Shape3 | None = None
     shard_shape: Shape3 | None = None
     chunk_shape: Shape3 | None = None
@@ -61,11 +62,16 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
     if strip_url(req.input) == strip_url(req.output):
         raise InputError("the output must not be the input")
     vol = open_volume(req.input, req.storage_options, req.voxel_size)
+    if req.region:
+        from .train_dgean import parse_region
+
+        vol = RegionVolume(vol, parse_region(req.region, vol.shape))
     if vol.shape[0] < 2:
         raise InputError(f"{strip_url(req.input)} has {vol.shape[0]} Z slice(s); at least 2 are needed")
     if vol.voxel_size is None:
         raise InputError(f"{strip_url(req.input)} carries no voxel size; pass --voxel-size Z,Y,X (nm)")
-    plan = BlockPlan.build(vol.shape, factor, method.halo, block_shape=req.block_shape,
+    block_shape = req.block_shape or method.preferred_block_shape(output_shape(vol.shape, factor))
+    plan = BlockPlan.build(vol.shape, factor, method.halo, block_shape=block_shape,
                            shard_shape=req.shard_shape, chunk_shape=req.chunk_shape,
                            itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel)
     return vol, method, plan

@@ -13,7 +13,7 @@ def available() -> tuple[str, ...]:
     return CLASSICAL + LEARNED
 
 
-LEARNED = ("dgean",)
+LEARNED = ("dgean", "d2r-recover")
 
 
 def get_method(name: str, model: str | None = None, **options: object) -> Method:
@@ -28,6 +28,12 @@ def get_method(name: str, model: str | None = None, **options: object) -> Method
         from .dgean import DGEANMethod
 
         return DGEANMethod(model, **options)  # type: ignore[arg-type]
+    if name == "d2r-recover":
+        if not model:
+            raise InputError("Stage II recovery needs --prior PRIOR_DIR (train one with `isovol train-prior`)")
+        from .prior import PriorRecovery
+
+        return PriorRecovery(model, **options)  # type: ignore[arg-type]
     raise InputError(f"unknown method {name!r}; choose one of: {', '.join(available())}")
 
 

@@ -40,6 +40,10 @@ class Method(ABC):
         """Everything that changes the result; goes into the run hash and the provenance."""
         return {"name": self.name}
 
+    def preferred_block_shape(self, out_shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
+        """The block shape to use when the user gives none (None: the planner's default)."""
+        return None
+
     def apply_at(self, data: np.ndarray, factor: int, start: int, stop: int,
                  origin: tuple[int, int, int]) -> np.ndarray:
         """``apply`` for a stack whose first voxel sits at global input index ``origin`` (z, y, x; may be

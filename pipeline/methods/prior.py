@@ -1,0 +1,189 @@
+"""D2R Stage II as an executor method: restore the XZ and YZ slices of each block with the lateral prior,
+and fuse the two recovered volumes into a pseudo-isotropic one.
+
+For one block the condition mu is the cubic interpolation along Z (the routine Stage I degrades with:
+Keys cubic convolution, see ``pipeline.degrade``).  Every XZ slice (fixed y) and every YZ slice (fixed x) of
+mu is cut into tiles of a ``tile`` x ``tile`` core plus a ``margin`` of context on each side; each tile is
+restored by the IR-SDE sampler and its margin cropped away.  The two stacks are fused by the mean (or the
+geometric mean) and the kept slices are put back exactly.
+
+Reproducibility: tile cores lie on a global grid (multiples of ``tile`` in output z and in x or y), and the
+noise of a tile is seeded from (seed, plane, global slice index, global tile index) and nothing else, so a
+rerun, a retry, or another block layout whose blocks are whole multiples of ``tile`` gives the same voxels
+(up to the floating-point behaviour of batched convolutions).  ``recover_block_shape`` picks such blocks.
+Tiles are cropped, not blended: a blend across tile borders would need the neighbouring tiles of the next
+block, i.e. a halo of a whole tile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, load_tensors
+from ..errors import InputError
+from .base import Halo, Method, cast_like
+from .interp import Interpolation
+
+KIND = "irsde-prior"
+FUSIONS = ("mean", "geometric")
+
+
+def tile_seed(seed: int, plane: str, index: int, tz: int, tx: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{plane}:{index}:{tz}:{tx}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class PriorRecovery(Method):
+    name = "d2r-recover"
+    deterministic = False
+    working_bytes_per_voxel = 24
+
+    def __init__(self, prior_dir: str, *, factor: int | None = None, sampler: str = "fast",
+                 steps: int | None = None, t_start: int | None = None, seed: int = 0, tile: int = 128,
+                 margin: int = 16, fusion: str = "mean", batch: int = 16, device: str | None = None):
+        if not os.path.isdir(prior_dir):
+            raise InputError(f"prior directory not found: {prior_dir}")
+        self.prior_dir = os.path.abspath(prior_dir)
+        self.spec = load_json(os.path.join(self.prior_dir, CONFIG), "prior")
+        if self.spec.get("kind") != KIND:
+            raise InputError(f"{prior_dir} does not hold a Stage I prior (config.json kind={self.spec.get('kind')!r})")
+        if factor is not None and int(self.spec.get("factor", -1)) != factor:
+            raise InputError(f"the prior in {prior_dir} was trained at factor {self.spec.get('factor')}, "
+                             f"not {factor}: train one at this factor with `isovol train-prior`")
+        weights = os.path.join(self.prior_dir, WEIGHTS)
+        if not os.path.exists(weights):
+            raise InputError(f"{prior_dir} has no {WEIGHTS}")
+        self.model_hash = file_sha256(weights)
+        if fusion not in FUSIONS:
+            raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        if tile < 16 or margin < 0:
+            raise InputError(f"tile must be >= 16 and margin >= 0, got {tile}, {margin}")
+        from ..samplers import _resolve  # validates sampler / steps / t_start against the SDE
+
+        try:
+            _resolve(self._sde(), sampler, steps, t_start)
+        except ValueError as exc:
+            raise InputError(f"sampler: {exc}") from None
+        self.sampler, self.steps, self.t_start, self.seed = sampler, steps, t_start, int(seed)
+        self.tile, self.margin, self.fusion, self.batch, self.device = tile, margin, fusion, batch, device
+        self.factor = int(self.spec["factor"])
+        self.halo = Halo(z=1 + math.ceil(margin / self.factor), y=margin, x=margin)
+        self._net: Any = None
+        self._build()  # refuse a corrupt or mismatched prior now, on the client
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_net"] = None
+        return state
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "model_hash": self.model_hash, "sampler": self.sampler, "steps": self.steps,
+                "t_start": self.t_start, "seed": self.seed, "tile": self.tile, "margin": self.margin,
+                "fusion": self.fusion, "precision": "bf16" if self._dev().startswith("cuda") else "fp32"}
+
+    def _dev(self) -> str:
+        import torch
+
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _sde(self):
+        from ..models.irsde import IRSDE
+
+        try:
+            return IRSDE.from_dict(self.spec["sde"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{self.prior_dir}: bad SDE settings in config.json ({exc})") from None
+
+    def _build(self):
+        from ..models.nafnet import build_nafnet
+
+        try:
+            net = build_nafnet(self.spec["model"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{self.prior_dir}: bad model config ({exc})") from None
+        state = load_tensors(os.path.join(self.prior_dir, WEIGHTS), "prior")
+        check_state(net, state, f"prior {self.prior_dir}")
+        net.load_state_dict(state)
+        return net.eval()
+
+    @property
+    def net(self):
+        if self._net is None:
+            self._net = self._build().to(self._dev())
+        return self._net
+
+    def preferred_block_shape(self, out_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        return recover_block_shape(self.tile, out_shape)
+
+    # -- the work ----------------------------------------------------------------------------------------
+    def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
+        h = self.halo
+        return self.apply_at(data, factor, start, stop, (-h.z, -h.y, -h.x))
+
+    def apply_at(self, data: np.ndarray, factor: int, start: int, stop: int,
+                 origin: tuple[int, int, int]) -> np.ndarray:
+        if factor != self.factor:
+            raise InputError(f"the prior was trained at factor {self.factor}, not {factor}")
+        m = self.margin
+        norm = self.spec.get("normalization", {"offset": 0.0, "scale": 255.0})
+        work = (data.astype(np.float32) - np.float32(norm["offset"])) / np.float32(norm["scale"])
+        mu = Interpolation("cubic").apply(work, factor, start - m, stop + m)  # (nz + 2m, ny + 2m, nx + 2m)
+        z_global = origin[0] * factor + start  # global output z of the first core row
+        xz = self._restore(np.moveaxis(mu, 1, 0), "xz", origin[1] + m, z_global, origin[2] + m)  # (ny, nz, nx)
+        yz = self._restore(np.moveaxis(mu, 2, 0), "yz", origin[2] + m, z_global, origin[1] + m)  # (nx, nz, ny)
+        a, b = np.moveaxis(xz, 0, 1), np.moveaxis(yz, 0, 2)  # both (nz, ny, nx)
+        fused = np.sqrt(np.clip(a, 0, None) * np.clip(b, 0, None)) if self.fusion == "geometric" else (a + b) / 2
+        out = cast_like(fused * np.float32(norm["scale"]) + np.float32(norm["offset"]), data.dtype)
+        js = np.arange(start, stop)
+        for j in js[js % factor == 0]:  # kept slices are the measured ones, exactly
+            out[j - start] = data[j // factor, m : m + out.shape[1], m : m + out.shape[2]]
+        return out
+
+    def _restore(self, planes: np.ndarray, plane: str, first_index: int, z0: int, c0: int) -> np.ndarray:
+        """Restore the core of each image in ``planes`` (n + 2m, Z + 2m, C + 2m); core image i (planes[i + m])
+        is global slice ``first_index + i``; the core's first row is global z ``z0``, first column ``c0``."""
+        import torch
+
+        from ..samplers import per_sample_noise, sample
+
+        m, s = self.margin, self.tile
+        n, zt, ct = planes.shape[0] - 2 * m, planes.shape[1] - 2 * m, planes.shape[2] - 2 * m
+        out = np.empty((n, zt, ct), dtype=np.float32)
+        # tile cores on the global grid: rows [k*s, (k+1)*s) in global z, columns likewise
+        zs = range((z0 // s) * s, z0 + zt, s)
+        cs = range((c0 // s) * s, c0 + ct, s)
+        jobs = []
+        for i in range(n):
+            for gz in zs:
+                for gc in cs:
+                    lz0, lz1 = max(gz, z0) - z0, min(gz + s, z0 + zt) - z0
+                    lc0, lc1 = max(gc, c0) - c0, min(gc + s, c0 + ct) - c0
+                    jobs.append((i, gz // s, gc // s, lz0, lz1, lc0, lc1))
+        sde = self._sde().to(self._dev())
+        dev = self._dev()
+        groups: dict[tuple[int, int], list] = {}
+        for job in jobs:
+            groups.setdefault((job[4] - job[3], job[6] - job[5]), []).append(job)
+        for batch_jobs in (g[k : k + self.batch] for g in groups.values() for k in range(0, len(g), self.batch)):
+            tiles = np.stack([planes[i + m, lz0 : lz1 + 2 * m, lc0 : lc1 + 2 * m]
+                              for i, _, _, lz0, lz1, lc0, lc1 in batch_jobs])
+            seeds = [tile_seed(self.seed, plane, first_index + i, tz, tc) for i, tz, tc, *_ in batch_jobs]
+            mu = torch.from_numpy(tiles).unsqueeze(1).to(dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda")):
+                x = sample(sde, self.net, mu, self.sampler, self.steps, per_sample_noise(seeds, dev),
+                           self.t_start)
+            x = x.float()[:, 0, m : x.shape[2] - m, m : x.shape[3] - m].cpu().numpy()
+            for (i, _, _, lz0, lz1, lc0, lc1), t in zip(batch_jobs, x):
+                out[i, lz0:lz1, lc0:lc1] = t
+        return out
+
+
+def recover_block_shape(tile: int, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Blocks that are whole multiples of the tile (so tiles are the same in any layout), 2 tiles deep in Z
+    and 4 across, clipped to the output."""
+    return (min(2 * tile, shape[0]), min(4 * tile, shape[1]), min(4 * tile, shape[2]))
