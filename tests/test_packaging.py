@@ -43,3 +43,13 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python3 bootstrap.py test" in readme and "python3 bootstrap.py demo" in readme
     assert "bootstrap.py test" in ci
+
+
+def test_every_source_package_is_installed():
+    """A package missing from setup.cfg works in an editable install and vanishes from a wheel."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    found = {"isovol." + ".".join(p.parent.relative_to(ROOT).parts)
+             for top in ("pipeline", "workflows", "deploy") for p in (ROOT / top).rglob("__init__.py")}
+    assert found <= listed, f"not in setup.cfg packages: {sorted(found - listed)}"

@@ -117,7 +117,8 @@ def test_config_carries_hash_tile_margin_precision(method, model_dir):
     assert cfg == {"name": "dgean", "model_hash": file_sha256(os.path.join(model_dir, "model.safetensors")),
                    "tile": 32, "margin": 16, "precision": "fp32"}
     assert method.model_hash == cfg["model_hash"]
-    assert (method.halo.z, method.halo.y, method.halo.x) == (1, 16, 16)
+    # the margin, plus room to pull a tile onto the 16-px grid and to round its size up to 16
+    assert (method.halo.z, method.halo.y, method.halo.x) == (1, 16 + 32, 16 + 32)
 
 
 class _Trap:
@@ -223,9 +224,9 @@ def test_the_model_loads_once_per_process(model_dir, volume, monkeypatch):
     builds = []
     original = DGEANMethod._build
 
-    def counting(self):
+    def counting(self, meta=False):
         builds.append(self)
-        return original(self)
+        return original(self, meta=meta)
 
     monkeypatch.setattr(DGEANMethod, "_build", counting)
     meth = DGEANMethod(model_dir, tile=32, margin=16)
