@@ -1,0 +1,445 @@
+"""D2R Stage I: train the lateral prior, a conditional IR-SDE restorer, on XY slices of the anisotropic volume.
+
+Each training image is a patch of an XY slice (a slice along axis 0), given a random flip / 90-degree rotation
+(which also decides whether image rows or columns become the degraded axis), then degraded like an axial
+slice by :func:`isovol.pipeline.degrade.degrade_rows`: keep every r-th row, cubic back.  That is the
+condition mu; the IR-SDE learns to go from mu + noise back to the patch (maximum-likelihood loss,
+t uniform in [1, T]).
+
+Patch geometry: ``phase + m*r + 1`` rows at phase 0, i.e. ``m*r + 1`` rows whose first and last rows are kept,
+so every degraded row lies between two kept rows, exactly as in an axial slice, whose output spans
+z in [0, (n - 1) r] (no extrapolated rows ever reach the loss).  The position of a patch in its slice is
+random, so the kept rows fall on every image row over training; a random row phase would add nothing.
+The recipe's ``patch`` is rounded down to the nearest m*r + 1 (129 at r = 8 or r = 4: 16*8+1 = 32*4+1).
+
+Normalisation: intensities map to [0, 1] by ``(v - offset) / scale``, recorded in ``config.json``: integer
+volumes use their dtype's range (offset 0, scale 255 for uint8, 65535 for uint16), like DGEAN; float volumes
+use their own min..max.
+
+AdamW with warm-up and cosine decay (annealing within a ``max_minutes`` budget too), gradient clipping, an
+EMA of the weights (used for validation and saved as ``model.safetensors`` for inference), bf16 autocast on
+CUDA.  Validation on held-out XY slices (the last ``holdout`` fraction of Z, at least one slice): the ML
+loss on fixed patches at fixed timesteps and noise, and the PSNR of a fast-sampler restoration of a few fixed
+patches next to the PSNR of mu itself (cubic).  Checkpoints (safetensors + JSON, atomic) every ``ckpt_every``
+steps and at the end; a rerun resumes, a rerun with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, load_tensors, save_json, save_tensors
+from ..degrade import DIHEDRAL, add_noise, degrade_rows, dihedral, patch_rows, transposes
+from ..errors import InputError
+from .dgean import _load_opt, _lr, _opt_tensors, data_scale, psnr_batch
+
+TRAINER_STATE = "trainer.safetensors"
+TRAINER_JSON = "trainer.json"
+KIND = "irsde-prior"
+
+#: The published IR-SDE settings of D2R / EDiffSR: T = 100, cosine theta schedule, max sigma 50/255.
+SDE_DEFAULTS: dict[str, Any] = {"T": 100, "max_sigma": 50 / 255, "eps": 0.005, "schedule": "cosine"}
+
+
+@dataclass
+class PriorTrainConfig:
+    steps: int = 20000
+    batch: int = 16
+    patch: int = 129  # rows (the degraded axis), rounded down to m*r + 1
+    patch_cols: int | None = None  # None: square
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    beta2: float = 0.99
+    warmup: int = 500
+    grad_clip: float = 1.0
+    ema: float = 0.999  # with the usual warm-up min(ema, (1 + n) / (10 + n)) over the first updates
+    val_every: int = 1000
+    val_patches: int = 32  # held-out patches for the validation loss ...
+    val_timesteps: int = 4  # ... each at this many timesteps spread over [1, T]
+    val_restore: int = 4  # patches restored by the fast sampler for the validation PSNR
+    holdout: float = 0.1  # the last fraction of Z (at least one slice) is held out
+    ckpt_every: int = 2000
+    noise_poisson: float = 0.0  # extra Poisson-Gaussian noise on the condition's kept rows ([0, 1] units)
+    noise_gaussian: float = 0.0
+    seed: int = 0
+    max_minutes: float | None = None  # wall-clock budget: stop (and checkpoint) when it runs out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriorTrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+#: Named recipes: a NAFNet preset, SDE settings and training settings that go with them.
+RECIPES: dict[str, dict[str, Any]] = {
+    "tiny": {"model": "tiny", "sde": dict(SDE_DEFAULTS),
+             "train": {"steps": 200, "batch": 8, "patch": 33, "lr": 1e-3, "warmup": 20, "ema": 0.99,
+                       "val_every": 50, "val_patches": 8, "val_timesteps": 4, "val_restore": 2,
+                       "ckpt_every": 100}},
+    "default": {"model": "default", "sde": dict(SDE_DEFAULTS),
+                "train": {"steps": 20000, "batch": 16, "patch": 129, "lr": 1e-4, "warmup": 500,
+                          "val_every": 1000, "ckpt_every": 2000}},
+}
+
+
+def _model_config(spec: Any):
+    """A NAFNetConfig from a preset name, a mapping, or a NAFNetConfig."""
+    from ..models.nafnet import NAFNetConfig
+
+    try:
+        if isinstance(spec, str):
+            return NAFNetConfig.preset(spec)
+        if isinstance(spec, NAFNetConfig):
+            return spec
+        if isinstance(spec, dict):
+            return NAFNetConfig.from_dict(spec)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"model config: {exc}") from None
+    raise InputError(f"model config must be a preset name or a mapping, got {spec!r}")
+
+
+def check_sde(sde: dict[str, Any] | None) -> dict[str, Any]:
+    """The SDE settings with the published defaults filled in; unknown keys and impossible values refused."""
+    from ..models.irsde import IRSDE
+
+    if sde is not None and not isinstance(sde, dict):
+        raise InputError(f"SDE settings must be a mapping, got {sde!r}")
+    out = {**SDE_DEFAULTS, **(sde or {})}
+    unknown = sorted(set(out) - set(SDE_DEFAULTS))
+    if unknown:
+        raise InputError(f"unknown SDE settings {unknown}; known: {sorted(SDE_DEFAULTS)}")
+    try:
+        return IRSDE(**out).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"SDE settings: {exc}") from None
+
+
+def resolve_recipe(name_or_path: str) -> tuple[Any, dict[str, Any], PriorTrainConfig]:
+    """A recipe by name (``tiny``, ``default``) or from a JSON/YAML file {"model": ..., "sde": ..., "train": ...}:
+    returns (NAFNetConfig, SDE settings, PriorTrainConfig)."""
+    if name_or_path in RECIPES:
+        spec: dict[str, Any] = copy.deepcopy(RECIPES[name_or_path])
+    else:
+        if not os.path.exists(name_or_path):
+            raise InputError(f"--config {name_or_path!r} is neither a recipe ({', '.join(RECIPES)}) nor a file")
+        import yaml
+
+        with open(name_or_path) as f:
+            try:
+                spec = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise InputError(f"{name_or_path} is not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+        if not isinstance(spec, dict):
+            raise InputError(f"{name_or_path}: expected a mapping with 'model', 'sde' and 'train'")
+        unknown = sorted(set(spec) - {"model", "sde", "train"})
+        if unknown:
+            raise InputError(f"{name_or_path}: unknown sections {unknown}; known: model, sde, train")
+    try:
+        train = PriorTrainConfig.from_dict(spec.get("train") or {})
+    except TypeError as exc:
+        raise InputError(f"training settings: {exc}") from None
+    return _model_config(spec.get("model", "default")), check_sde(spec.get("sde")), train
+
+
+def normalization(volume: np.ndarray) -> dict[str, float]:
+    """(v - offset) / scale maps the volume to [0, 1]: the dtype's range for integers, min..max for floats."""
+    if np.issubdtype(volume.dtype, np.integer) or volume.dtype == bool:
+        return {"offset": 0.0, "scale": data_scale(volume.dtype) if volume.dtype != bool else 1.0}
+    lo, hi = float(np.min(volume)), float(np.max(volume))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        raise InputError(f"a float volume needs finite, non-constant values to normalise, got {lo}..{hi}")
+    return {"offset": lo, "scale": hi - lo}
+
+
+# --------------------------------------------------------------------------------------------- patches
+
+
+class PatchSampler:
+    """Patches of XY slices, held as a tensor on the training device, split along Z into training slices and
+    held-out slices (the last ``holdout`` fraction, at least one); a patch never mixes the two.
+
+    A patch of ``rows`` x ``cols`` is cut, then put through a symmetry (:data:`DIHEDRAL`): for symmetries that
+    transpose, a ``cols`` x ``rows`` region is cut so that every patch comes out ``rows`` x ``cols``.
+    """
+
+    def __init__(self, volume: np.ndarray, rows: int, cols: int, norm: dict[str, float],
+                 device: str | torch.device = "cpu", holdout: float = 0.1, seed: int = 0):
+        vol = torch.as_tensor(np.ascontiguousarray(volume)).to(device)
+        self.rows, self.cols, self.norm = rows, cols, norm
+        self.device = torch.device(device)
+        self.gen = np.random.default_rng(seed)
+        nz, h, w = vol.shape
+        held = max(1, int(math.ceil(nz * holdout)))
+        if nz - held < 1:
+            raise ValueError(f"volume {tuple(vol.shape)} has {nz} XY slice(s): training needs at least 2 "
+                             f"(the last {held} are held out for validation)")
+        self.parts = {False: vol[: nz - held], True: vol[nz - held :]}
+        self.codes = [c for c in range(len(DIHEDRAL)) if self._fits(c, h, w)]
+        if not self.codes:
+            raise ValueError(f"XY slices of {h}x{w} are smaller than a {rows}x{cols} training patch; "
+                             f"choose a smaller patch or a larger region")
+
+    def _fits(self, code: int, h: int, w: int) -> bool:
+        ph, pw = (self.cols, self.rows) if transposes(code) else (self.rows, self.cols)
+        return h >= ph and w >= pw
+
+    def _one(self, valid: bool, rng: np.random.Generator) -> torch.Tensor:
+        part = self.parts[valid]
+        code = self.codes[int(rng.integers(len(self.codes)))]
+        ph, pw = (self.cols, self.rows) if transposes(code) else (self.rows, self.cols)
+        z = int(rng.integers(part.shape[0]))
+        y0, x0 = int(rng.integers(part.shape[1] - ph + 1)), int(rng.integers(part.shape[2] - pw + 1))
+        return dihedral(part[z, y0 : y0 + ph, x0 : x0 + pw], code)
+
+    def sample(self, batch: int, valid: bool = False, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """A (B, 1, rows, cols) float32 batch in [0, 1]."""
+        rng = rng or self.gen
+        x = torch.stack([self._one(valid, rng) for _ in range(batch)]).unsqueeze(1).float()
+        return ((x - self.norm["offset"]) / self.norm["scale"]).clamp_(0, 1)
+
+
+@dataclass
+class ValidationSet:
+    x0: torch.Tensor  # (N, 1, P, Q) held-out patches
+    mu: torch.Tensor  # their degraded condition
+    t: torch.Tensor  # (N * K,) timesteps
+    noise: torch.Tensor  # (N * K, 1, P, Q)
+    restore: int  # the first ``restore`` patches are restored by the sampler
+
+
+def validation_set(sampler: PatchSampler, factor: int, cfg: PriorTrainConfig, T: int, device: torch.device,
+                   seed: int = 12345) -> ValidationSet:
+    """Fixed held-out patches, timesteps and noise (same seed, same set: comparable across resumes)."""
+    rng = np.random.default_rng(seed)
+    x0 = sampler.sample(max(cfg.val_patches, cfg.val_restore, 1), valid=True, rng=rng)
+    mu = degrade_rows(x0, factor)
+    k = max(1, cfg.val_timesteps)
+    ts = torch.linspace(1, T, k).round().long().to(device)
+    t = ts.repeat_interleave(x0.shape[0])
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((x0.shape[0] * k,) + tuple(x0.shape[1:]), generator=g).to(device)
+    return ValidationSet(x0, mu, t, noise, max(0, cfg.val_restore))
+
+
+# ------------------------------------------------------------------------------------------------ EMA
+
+
+class EMA:
+    """An exponential moving average of a model's weights, kept as a second model."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_p = [p for p in self.model.parameters() if p.dtype.is_floating_point]
+        new_p = [p.detach() for p in model.parameters() if p.dtype.is_floating_point]
+        torch._foreach_lerp_(ema_p, new_p, 1.0 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def evaluate(sde: Any, net: torch.nn.Module, val: ValidationSet, batch: int, amp: bool, seed: int) -> dict[str, float]:
+    """ML loss on the fixed held-out set, and PSNR of a fast-sampler restoration next to that of mu (cubic)."""
+    from ..samplers import sample, seeded_noise
+
+    net.eval()
+    k = val.t.shape[0] // val.x0.shape[0]
+    x0, mu = val.x0.repeat(k, 1, 1, 1), val.mu.repeat(k, 1, 1, 1)
+    losses = []
+    for i in range(0, x0.shape[0], batch):
+        s = slice(i, i + batch)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = sde.loss(net, x0[s], mu[s], val.t[s], val.noise[s])
+        losses.append(float(loss.float()) * x0[s].shape[0])
+    out = {"loss": sum(losses) / x0.shape[0]}
+    if val.restore:
+        m, truth = val.mu[: val.restore], val.x0[: val.restore]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            pred = sample(sde, net, m, sampler="fast", noise=seeded_noise(seed, device=m.device))
+        out["psnr"] = psnr_batch(pred.float(), truth)
+        out["cubic_psnr"] = psnr_batch(m, truth)
+    return out
+
+
+def _describe(v: dict[str, Any]) -> str:
+    text = f"validation loss {v['loss']:.5f}"
+    if "psnr" in v:
+        text += f", restoration PSNR {v['psnr']:.2f} dB (cubic {v['cubic_psnr']:.2f} dB)"
+    return text
+
+
+def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config: Any, train: PriorTrainConfig,
+                sde: dict[str, Any] | None = None, device: str | None = None, source: dict[str, Any] | None = None,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume training) the Stage I prior on the XY slices of ``volume`` (z, y, x) and leave a
+    loadable prior in ``prior_dir``; returns {"steps", "history", "seconds", "model_hash"}."""
+    from ..models.irsde import IRSDE
+    from ..models.nafnet import build_nafnet
+
+    if volume.ndim != 3:
+        raise InputError(f"expected a (z, y, x) volume, got shape {tuple(volume.shape)}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 2:
+        raise InputError(f"factor must be an integer >= 2, got {factor!r}")
+    factor = int(factor)
+    sde_cfg = check_sde(sde)
+    rows = patch_rows(factor, train.patch)
+    cols = train.patch_cols if train.patch_cols is not None else rows
+    if rows < 2 * factor + 1 or cols < 1:
+        raise InputError(f"a {train.patch}-row patch keeps fewer than 3 rows at factor {factor}; "
+                         f"use a patch of at least {2 * factor + 1} rows")
+    if train.batch < 1 or train.steps < 0 or not 0 < train.holdout < 1:
+        raise InputError(f"batch must be >= 1, steps >= 0 and holdout in (0, 1), got {train.batch}, "
+                         f"{train.steps}, {train.holdout}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    amp = dev.type == "cuda"
+    norm = normalization(volume)
+    try:
+        sampler = PatchSampler(volume, rows, cols, norm, dev, holdout=train.holdout, seed=train.seed)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    identity = {"kind": KIND, "factor": factor, "model": model_config.to_dict(), "sde": sde_cfg,
+                "normalization": norm, "patch": {"rows": rows, "cols": cols},
+                "degradation": "keep rows 0, r, 2r, ...; Keys cubic (a=-0.5) back: isovol.pipeline.degrade",
+                "train": asdict(train), "source": source or {}}
+    os.makedirs(prior_dir, exist_ok=True)
+    torch.manual_seed(train.seed)
+    model = build_nafnet(model_config).to(dev)
+    ema = EMA(model, train.ema)
+    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(0.9, train.beta2),
+                            weight_decay=train.weight_decay)
+    step, history = _resume(prior_dir, identity, model, ema, opt, log)
+    if step < train.steps:
+        n_train, n_held = sampler.parts[False].shape[0], sampler.parts[True].shape[0]
+        log(f"training the Stage I prior at factor {factor} on {n_train} XY slices of {volume.shape[1]}x"
+            f"{volume.shape[2]} ({n_held} held out): {rows}x{cols} patches, batch {train.batch}, "
+            f"steps {step}..{train.steps} on {dev}")
+    sampler.gen = np.random.default_rng([train.seed, step])
+    torch.manual_seed(train.seed * 1_000_003 + step)
+    noise_rng = np.random.default_rng([train.seed, step, 1])
+    sdeobj = IRSDE(**sde_cfg).to(dev)
+    val = validation_set(sampler, factor, train, sdeobj.T, dev)
+    val_seed = train.seed + 4242
+
+    def validate() -> dict[str, Any]:
+        return {"step": step, **evaluate(sdeobj, ema.model, val, train.batch, amp, val_seed)}
+
+    if not history:
+        history.append(validate())
+        log(f"step 0: {_describe(history[-1])}")
+    t0 = last_log = time.perf_counter()
+    model.train()
+    loss = torch.zeros(())
+    while step < train.steps:
+        if train.max_minutes is not None and time.perf_counter() - t0 > 60 * train.max_minutes:
+            log(f"time budget of {train.max_minutes:g} min reached at step {step}")
+            if history[-1]["step"] != step:
+                history.append(validate())
+            _save(prior_dir, identity, model, ema, opt, step, history)
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, train, time.perf_counter() - t0)  # type: ignore[arg-type]
+        x0 = sampler.sample(train.batch)
+        cond = add_noise(x0, train.noise_poisson, train.noise_gaussian, noise_rng)
+        mu = degrade_rows(cond, factor)
+        t = torch.randint(1, sdeobj.T + 1, (train.batch,), device=dev)
+        noise = torch.randn_like(x0)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = sdeobj.loss(model, x0, mu, t, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.float().backward()
+        if train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        opt.step()
+        ema.update(model)
+        step += 1
+        if step % train.val_every == 0 or step == train.steps:
+            history.append(validate())
+            model.train()
+        if step % train.ckpt_every == 0 or step == train.steps:
+            _save(prior_dir, identity, model, ema, opt, step, history)
+        if time.perf_counter() - last_log > 10 or step == train.steps:
+            last_log = time.perf_counter()
+            log(f"step {step}/{train.steps}: loss {float(loss.detach()):.5f}; {_describe(history[-1])} "
+                f"at step {history[-1]['step']}, {time.perf_counter() - t0:.0f} s")
+    if not os.path.exists(os.path.join(prior_dir, WEIGHTS)):
+        _save(prior_dir, identity, model, ema, opt, step, history)
+    return {"steps": step, "history": history, "seconds": time.perf_counter() - t0,
+            "model_hash": file_sha256(os.path.join(prior_dir, WEIGHTS))}
+
+
+def _save(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
+          step: int, history: list[dict[str, Any]]) -> None:
+    """Trainer state first, the EMA weights and config.json last (the step is in each file, so a resume after
+    a kill between the writes still restarts from consistent raw weights and optimiser state)."""
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state.update({f"opt.{k}": v for k, v in _opt_tensors(opt).items()})
+    state["step"] = torch.tensor(step, dtype=torch.int64)
+    state["ema_updates"] = torch.tensor(ema.updates, dtype=torch.int64)
+    save_tensors(os.path.join(prior_dir, TRAINER_STATE), state)
+    save_json(os.path.join(prior_dir, TRAINER_JSON),
+              {"step": step, "history": history,
+               "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                                for g in opt.state_dict()["param_groups"]]})
+    save_tensors(os.path.join(prior_dir, WEIGHTS), ema.model.state_dict(), metadata={"step": str(step)})
+    save_json(os.path.join(prior_dir, CONFIG), {**identity, "step": step, "validation": history[-1],
+                                                "isovol_version": __version__})
+
+
+def _resume(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
+            log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]]]:
+    cfg_path = os.path.join(prior_dir, CONFIG)
+    if not os.path.exists(cfg_path):
+        if any(f.endswith((".safetensors", ".json")) for f in os.listdir(prior_dir)):
+            raise InputError(f"{prior_dir} holds files but no {CONFIG}; use an empty directory")
+        return 0, []
+    saved = load_json(cfg_path, "prior directory")
+    if saved.get("kind") != KIND:
+        raise InputError(f"{prior_dir} holds a {saved.get('kind', 'unknown')!r} model, not an {KIND!r} prior; "
+                         f"use a new directory")
+    changed = sorted(k for k in identity if saved.get(k) != identity[k] and k != "train")
+    train_changed = sorted(k for k in identity["train"] if saved.get("train", {}).get(k) != identity["train"][k]
+                           and k not in ("steps", "max_minutes"))
+    if changed or train_changed:
+        raise InputError(f"{prior_dir} holds a prior trained with other settings "
+                         f"({', '.join(changed + ['train.' + k for k in train_changed])}); use a new directory")
+    ema_state = load_tensors(os.path.join(prior_dir, WEIGHTS), "prior directory")
+    check_state(ema.model, ema_state, "prior directory")
+    ema.model.load_state_dict(ema_state)
+    trainer_json = os.path.join(prior_dir, TRAINER_JSON)
+    if not os.path.exists(trainer_json) or not os.path.exists(os.path.join(prior_dir, TRAINER_STATE)):
+        raise InputError(f"{prior_dir} holds a finished prior without its trainer state ({TRAINER_STATE}, "
+                         f"{TRAINER_JSON}); it cannot be trained further, use a new directory")
+    tj = load_json(trainer_json, "prior directory")
+    tensors = load_tensors(os.path.join(prior_dir, TRAINER_STATE), "prior directory")
+    raw = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_state(model, raw, "prior directory")
+    model.load_state_dict(raw)
+    _load_opt(opt, {k[len("opt."):]: v for k, v in tensors.items() if k.startswith("opt.")}, tj["param_groups"])
+    step = int(tensors["step"]) if "step" in tensors else int(tj["step"])
+    ema.updates = int(tensors["ema_updates"]) if "ema_updates" in tensors else step
+    history = [h for h in tj.get("history", []) if h["step"] <= step]
+    log(f"resuming training of {prior_dir} at step {step}")
+    return step, history
