@@ -34,8 +34,15 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None, *, 
         finally:
             client.close()
         return
-    cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=threads_per_worker,
-                           processes=processes, dashboard_address=":0", silence_logs=logging.ERROR)
+    n = workers or default_workers()
+    extra: dict[str, Any] = {}
+    if processes:
+        # each worker process gets its share of the cores for torch/BLAS, not all of them (N workers each
+        # using every core run several times slower than N workers using one core each)
+        share = max(1, (os.cpu_count() or 1) // n)
+        extra["env"] = {v: str(share) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
+                           dashboard_address=":0", silence_logs=logging.ERROR, **extra)
     client = Client(cluster)
     try:
         yield client
