@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import InputError
+from .io.atomic import atomic_write
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -28,31 +28,17 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_tensors(path: str, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> None:
     """Write tensors to a safetensors file atomically (a killed trainer never leaves half a file)."""
     import torch
     from safetensors.torch import save
 
     flat = {k: v.detach().to("cpu").contiguous() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
-    _atomic_write(path, save(flat, metadata=metadata))
+    atomic_write(path, save(flat, metadata=metadata))
 
 
 def save_json(path: str, obj: dict[str, Any]) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def load_json(path: str, what: str) -> dict[str, Any]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ..pipeline.errors import OutputError, ResumeError
+from ..pipeline.io.atomic import atomic_write
 from ..pipeline.io.urls import describe_error, filesystem, is_local, strip_url
 
 META_DIR = ".isovol"
@@ -35,19 +34,7 @@ def _atomic_put(fs: Any, path: str, data: bytes, local: bool) -> None:
     if not local:
         fs.pipe_file(path, data)
         return
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
 
 
 @dataclass
@@ -104,8 +91,7 @@ class Bookkeeper:
                               "use --overwrite to replace it")
         if record.get("hash") != run_hash(components):
             old = record.get("components", {})
-            changed = sorted(k for k in set(old) | set(components) if old.get(k) != components.get(k))
-            detail = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(components.get(k))}" for k in changed)
+            detail = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in _changes(old, components))
             raise ResumeError(f"cannot resume {strip_url(self.url)}: the run differs from the recorded one "
                               f"({detail or 'hash mismatch'}); use --overwrite to start over")
         return record
@@ -144,6 +130,21 @@ class Bookkeeper:
             self.fs.makedirs(posixpath.join(self.root, DONE_DIR), exist_ok=True)
         except Exception as exc:
             raise OutputError(f"cannot write to {strip_url(self.url)}: {describe_error(exc)}") from None
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) of every difference; nested mappings are compared key by key, so a long
+    component (e.g. the method config) names the setting that changed instead of two truncated dumps."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", a, b))
+    return out
 
 
 def _short(v: Any) -> str:
