@@ -57,6 +57,7 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
     """Validate the request and open the input: everything that can fail before the output is touched."""
     factor = check_factor(req.factor)
     method = get_method(req.method, model=req.model, **req.method_options)
+    method.check_factor(factor)  # a method trained for one factor (the Stage II prior) refuses the others here
     if req.resume and req.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
     if strip_url(req.input) == strip_url(req.output):

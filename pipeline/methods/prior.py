@@ -120,6 +120,11 @@ class PriorRecovery(Method):
     def preferred_block_shape(self, out_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         return recover_block_shape(self.tile, out_shape)
 
+    def check_factor(self, factor: int) -> None:
+        if factor != self.factor:
+            raise InputError(f"the prior in {self.prior_dir} was trained at factor {self.factor}, not {factor}: "
+                             f"train one at this factor with `isovol train-prior`")
+
     # -- the work ----------------------------------------------------------------------------------------
     def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
         h = self.halo
@@ -127,8 +132,7 @@ class PriorRecovery(Method):
 
     def apply_at(self, data: np.ndarray, factor: int, start: int, stop: int,
                  origin: tuple[int, int, int]) -> np.ndarray:
-        if factor != self.factor:
-            raise InputError(f"the prior was trained at factor {self.factor}, not {factor}")
+        self.check_factor(factor)
         m = self.margin
         norm = self.spec.get("normalization", {"offset": 0.0, "scale": 255.0})
         work = (data.astype(np.float32) - np.float32(norm["offset"])) / np.float32(norm["scale"])

@@ -1,0 +1,357 @@
+"""D2R Stage II through the real executor and the ``isovol recover`` command: any block layout on the tile grid
+gives the single call's voxels, other layouts stay within a stated bound; a region is recovered with its
+offset in the metadata and its settings in the provenance, train-dgean accepts the result, resume skips or
+refuses; unusable requests are one clear error and create nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from isovol.pipeline.errors import InputError
+from isovol.pipeline.io.omezarr import read_attributes, write_image
+from isovol.pipeline.methods import upsample_array
+from isovol.pipeline.methods.prior import PriorRecovery
+from isovol.pipeline.trainers.prior import resolve_recipe, train_prior
+from isovol.workflows.upsample import UpsampleRequest, upsample
+
+R = 8
+TILE, MARGIN, STEPS = 32, 8, 2
+OPTS = {"tile": TILE, "margin": MARGIN, "steps": STEPS}
+ISOVOL = str(Path(sys.executable).with_name("isovol"))
+REGION, OFFSET = "2:7,16:80,32:96", (2, 16, 32)  # of the (17, 128, 128) CLI source
+ORIGIN, VOXEL = (1000.0, 2000.0, 3000.0), (80.0, 10.0, 10.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(*args, cwd=None) -> subprocess.CompletedProcess:
+    """The installed command, with one OpenMP thread so that it does not fight the other tests for cores."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([ISOVOL, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def error_line(res: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected exactly one stderr line, got:\n{res.stderr}"
+    assert lines[0].startswith("isovol: error"), lines[0]
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    return lines[0]
+
+
+def read_output(url) -> np.ndarray:
+    return zarr.open_array(store=os.path.join(str(url), "0"), mode="r")[...]
+
+
+def tree(path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, _dirs, names in os.walk(path):
+        for n in names:
+            st = os.stat(os.path.join(dirpath, n))
+            out[os.path.relpath(os.path.join(dirpath, n), path)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory, crop) -> str:
+    """A tiny prior trained 30 steps at r = 8 on the crop's every 8th XY slice: poor restorations, dominated by
+    the sampler's noise, so any change of tile, context or seed shows in the voxels."""
+    mcfg, sde, tcfg = resolve_recipe("tiny")
+    tcfg = replace(tcfg, steps=30, val_every=30, ckpt_every=30, val_patches=2, val_timesteps=1, val_restore=1)
+    path = str(tmp_path_factory.mktemp("prior") / "prior")
+    train_prior(np.ascontiguousarray(crop[::R]), path, R, model_config=mcfg, train=tcfg, sde=sde, device="cpu",
+                log=lambda _: None)
+    return path
+
+
+# ------------------------------------------------------------------------------ blockwise = single call
+
+
+@pytest.fixture(scope="module")
+def volume(crop) -> np.ndarray:
+    return np.ascontiguousarray(crop[: 8 * R + 1 : R, 10:74, 40:104])  # (9, 64, 64) uint8 -> (65, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, volume) -> str:
+    url = str(tmp_path_factory.mktemp("input") / "in.ome.zarr")
+    write_image(url, volume, VOXEL)
+    return url
+
+
+@pytest.fixture(scope="module")
+def single(volume, prior_dir):
+    """The in-memory reference, the whole volume in one call, per seed."""
+    cache: dict[int, np.ndarray] = {}
+
+    def get(seed: int = 0) -> np.ndarray:
+        if seed not in cache:
+            cache[seed] = upsample_array(volume, R, PriorRecovery(prior_dir, seed=seed, **OPTS))
+        return cache[seed]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def blockwise(tmp_path_factory, client, source, prior_dir, volume):
+    """The executor's output for a block shape (run once, shared)."""
+    cache: dict[tuple, np.ndarray] = {}
+
+    def get(block: tuple[int, int, int]) -> np.ndarray:
+        if block not in cache:
+            out = tmp_path_factory.mktemp("blockwise") / "out.ome.zarr"
+            req = UpsampleRequest(input=source, output=str(out), factor=R, method="d2r-recover", model=prior_dir,
+                                  method_options={"factor": R, **OPTS}, block_shape=block, progress=False)
+            summary = upsample(req, client=client)
+            assert summary.ok and summary.failed == {}
+            assert summary.total == int(np.prod([-(-n // b) for n, b in zip((65, 64, 64), block)]))
+            got = read_output(out)
+            assert got.shape == (65, 64, 64) and got.dtype == np.uint8
+            np.testing.assert_array_equal(got[::R], volume)
+            cache[block] = got
+        return cache[block]
+
+    return get
+
+
+def uncut(block: tuple[int, int, int], shape=(65, 64, 64)) -> np.ndarray:
+    """Voxels whose XZ tile and YZ tile both lie inside one block: the same tiles as in the single call."""
+    axes = []
+    for n, b in zip(shape, block):
+        p = np.arange(n)
+        lo, hi = p // TILE * TILE, np.minimum(p // TILE * TILE + TILE, n)
+        blo, bhi = p // b * b, np.minimum(p // b * b + b, n)
+        axes.append((blo <= lo) & (hi <= bhi))
+    z, y, x = axes
+    return z[:, None, None] & y[None, :, None] & x[None, None, :]
+
+
+#: whole multiples of the tile in output Z, Y and X (or the whole volume): every block cuts the same tiles
+ALIGNED = [(32, 32, 32), (64, 64, 32), (65, 64, 64)]
+#: 24 / 40 cut every tile in Z and the second one in Y and X; 48 cuts the second tile in Y and X only
+UNALIGNED = [(24, 40, 40), (32, 48, 48)]
+
+
+@pytest.mark.parametrize("block", ALIGNED, ids=lambda b: "x".join(map(str, b)))
+def test_blockwise_on_the_tile_grid_is_bit_identical(blockwise, single, block):
+    """Bit-identical, measured (not just within a grey level): every batch here holds 16 tiles of one shape in
+    both runs, and a tile's result does not depend on its batch neighbours.  (Batches of other sizes may
+    differ in the last float bit: see test_prior_recovery.test_batch_size_changes_at_most_the_last_float_bit.)"""
+    assert uncut(block).all()
+    np.testing.assert_array_equal(blockwise(block), single())
+
+
+@pytest.mark.parametrize("block", UNALIGNED, ids=lambda b: "x".join(map(str, b)))
+def test_blockwise_off_the_tile_grid_changes_only_cut_tiles_and_no_more_than_a_new_seed(blockwise, single,
+                                                                                        block):
+    """The bound for other layouts: kept slices exact; voxels whose tiles no block edge cuts as in the single
+    call (<= 1 grey level, >= 99.9 % identical: their batches may differ in size; measured: identical); the
+    voxels of cut tiles (restored as smaller tiles, with noise drawn for their shape) differ from the single
+    call by no more, on average, than another seed does (measured: 53 and 56 grey levels against 70)."""
+    got, ref, reseed = blockwise(block).astype(int), single().astype(int), single(1).astype(int)
+    np.testing.assert_array_equal(got[::R], ref[::R])
+    keep = uncut(block)
+    keep[::R] = False
+    cut = ~uncut(block)
+    cut[::R] = False
+    if keep.any():
+        diff = np.abs(got - ref)[keep]
+        assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
+    assert cut.mean() > 0.5
+    assert (got != ref)[cut].mean() > 0.3, "cut tiles are other samples"
+    assert np.abs(got - ref)[cut].mean() <= np.abs(reseed - ref)[cut].mean()
+
+
+def test_the_partly_aligned_layout_keeps_a_quarter_of_the_voxels(single, blockwise):
+    """(32, 48, 48) keeps the first tile in Y and in X whole: the voxels y < 32 and x < 32 (and only those) are
+    uncut -- a check of the mask the bound above relies on."""
+    keep = uncut((32, 48, 48))
+    assert keep[:, :32, :32].all() and not keep[:, 32:, :].any() and not keep[:, :, 32:].any()
+    np.testing.assert_array_equal(blockwise((32, 48, 48))[:, :32, :32], single()[:, :32, :32])
+
+
+# ---------------------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, crop) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("recover-cli")
+    aniso = str(d / "aniso.ome.zarr")
+    write_image(aniso, np.ascontiguousarray(crop[::R]), VOXEL, translation=ORIGIN)  # (17, 128, 128)
+    flat = str(d / "slice.npy")
+    np.save(flat, crop[0])
+    return {"dir": str(d), "aniso": aniso, "flat": flat}
+
+
+def recover_args(inputs, prior_dir, out, *extra) -> list:
+    return ["recover", inputs["aniso"], out, "--prior", prior_dir, "--region", REGION, "--tile", TILE,
+            "--margin", MARGIN, "--steps", STEPS, "--workers", 1, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def recovered(inputs, prior_dir) -> dict[str, object]:
+    out = os.path.join(inputs["dir"], "pseudo.ome.zarr")
+    res = run(*recover_args(inputs, prior_dir, out, "--seed", 3), cwd=inputs["dir"])
+    assert res.returncode == 0, res.stderr
+    return {"out": out, "stderr": res.stderr}
+
+
+def test_recover_a_region_writes_an_ome_zarr_with_offset_and_provenance(recovered, inputs, prior_dir, crop):
+    out = recovered["out"]
+    last = recovered["stderr"].strip().splitlines()[-1]
+    assert last.startswith("isovol: 1 blocks: 1 done, 0 skipped"), recovered["stderr"]
+    data = read_output(out)
+    part = np.ascontiguousarray(crop[::R][2:7, 16:80, 32:96])
+    assert data.shape == (4 * R + 1, 64, 64) and data.dtype == np.uint8
+    np.testing.assert_array_equal(data[::R], part)
+    # the same voxels as one in-memory call on the region (another process, the same CPU kernels: measured equal)
+    ref = upsample_array(part, R, PriorRecovery(prior_dir, seed=3, **OPTS))
+    diff = np.abs(data.astype(int) - ref)
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.999, (diff.max(), (diff != 0).sum())
+    attrs = read_attributes(out)
+    (dataset,) = attrs["ome"]["multiscales"][0]["datasets"]
+    transforms = {t["type"]: t[t["type"]] for t in dataset["coordinateTransformations"]}
+    assert transforms["scale"] == [10.0, 10.0, 10.0]
+    # the region's first voxel: the source's origin plus the offset in input voxels times the input voxel size
+    assert transforms["translation"] == [o + k * v for o, k, v in zip(ORIGIN, OFFSET, VOXEL)] == [1160, 2160, 3320]
+    prov = attrs["isovol"]
+    weights_hash = hashlib.sha256(Path(prior_dir, "model.safetensors").read_bytes()).hexdigest()
+    assert prov["method"] == "d2r-recover" and prov["factor"] == R and prov["model_hash"] == weights_hash
+    assert prov["method_config"] == {"name": "d2r-recover", "model_hash": weights_hash, "sampler": "fast",
+                                     "steps": STEPS, "t_start": None, "seed": 3, "tile": TILE, "margin": MARGIN,
+                                     "fusion": "mean", "precision": "fp32"}
+    assert prov["input_shape"] == [5, 64, 64] and prov["input_voxel_size_nm"] == list(VOXEL)
+    assert "--region 2:7,16:80,32:96" in prov["command"] and "--seed 3" in prov["command"]
+    with open(os.path.join(out, ".isovol", "run.json")) as f:
+        record = json.load(f)
+    assert record["components"]["input"]["region"] == [[2, 7], [16, 80], [32, 96]]
+
+
+@pytest.fixture(scope="module")
+def dgean_trained(recovered, inputs) -> tuple[subprocess.CompletedProcess, str]:
+    model = os.path.join(inputs["dir"], "dgean")
+    res = run("train-dgean", recovered["out"], model, "--factor", R, "--config", "tiny", "--steps", 5,
+              "--device", "cpu", cwd=inputs["dir"])
+    return res, model
+
+
+def test_train_dgean_accepts_the_recovered_volume(dgean_trained):
+    res, model = dgean_trained
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("isovol: trained 5 steps in "), res.stderr
+    with open(os.path.join(model, "config.json")) as f:
+        assert json.load(f)["kind"] == "dgean"
+    assert os.path.exists(os.path.join(model, "model.safetensors"))
+
+
+def test_resume_of_the_finished_output_skips_everything(recovered, inputs, prior_dir):
+    before = {k: v for k, v in tree(recovered["out"]).items() if k.startswith("0/")}
+    res = run(*recover_args(inputs, prior_dir, recovered["out"], "--seed", 3, "--resume"), cwd=inputs["dir"])
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("isovol: 1 blocks: 0 done, 1 skipped"), res.stderr
+    assert {k: v for k, v in tree(recovered["out"]).items() if k.startswith("0/")} == before
+
+
+def test_resume_with_another_seed_is_refused(recovered, inputs, prior_dir):
+    before = tree(recovered["out"])
+    res = run(*recover_args(inputs, prior_dir, recovered["out"], "--seed", 4, "--resume"), cwd=inputs["dir"])
+    line = error_line(res)
+    assert "cannot resume" in line and "method.seed: 3 -> 4" in line and "--overwrite" in line
+    assert tree(recovered["out"]) == before
+
+
+@pytest.mark.parametrize("case", ["factor", "region", "flat", "no-prior", "dgean", "garbage", "sampler", "steps"])
+def test_bad_requests_are_one_error_line_and_create_nothing(request, case, inputs, prior_dir):
+    d = Path(inputs["dir"])
+    out = d / f"bad-{case}.ome.zarr"
+    src, prior, extra = inputs["aniso"], prior_dir, []
+    expect = {
+        "factor": "the prior in .* was trained at factor 8, not 4",
+        "region": "--region z range 0:40 lies outside the volume",
+        "flat": r"is not a 3-D volume \(shape \(128, 128\)\)",
+        "no-prior": "config.json not found",
+        "dgean": "does not hold a Stage I prior .*'dgean'",
+        "garbage": "is not valid JSON",
+        "sampler": "Invalid value for '--sampler'",
+        "steps": "at most 10 steps",
+    }[case]
+    if case == "factor":
+        extra = ["--factor", 4]
+    elif case == "region":
+        extra = ["--region", "0:40,:,:"]
+    elif case == "flat":
+        src = inputs["flat"]
+    elif case == "no-prior":
+        prior = str(d / "no-such-prior")
+    elif case == "dgean":  # a real DGEAN model directory, as train-dgean leaves it
+        prior = request.getfixturevalue("dgean_trained")[1]
+    elif case == "garbage":
+        garbage = d / "garbage-prior"
+        garbage.mkdir()
+        (garbage / "config.json").write_bytes(np.random.default_rng(0).bytes(256))
+        (garbage / "model.safetensors").write_bytes(np.random.default_rng(1).bytes(256))
+        prior = str(garbage)
+    elif case == "sampler":
+        extra = ["--sampler", "ddim"]
+    else:
+        extra = ["--steps", 11]
+    args = ["recover", src, out, "--prior", prior, "--tile", TILE, "--margin", MARGIN, "--workers", 1,
+            "--no-progress", *extra]
+    line = error_line(run(*args, cwd=d))
+    assert re.search(expect, line), line
+    assert not out.exists()
+
+
+def test_a_dgean_model_is_not_a_prior_for_the_api_either(dgean_trained):
+    with pytest.raises(InputError, match="does not hold a Stage I prior .*'dgean'"):
+        PriorRecovery(dgean_trained[1])
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+
+def test_upsample_with_a_prior_of_another_factor_refuses_before_the_output(tmp_path, client, source, prior_dir):
+    """``isovol upsample --method d2r-recover --model PRIOR --factor 4`` passes no factor to the method: the
+    request is refused up front, not by every block after the output was created."""
+    out = tmp_path / "out.ome.zarr"
+    req = UpsampleRequest(input=source, output=str(out), factor=4, method="d2r-recover", model=prior_dir,
+                          method_options=dict(OPTS), progress=False)
+    with pytest.raises(InputError, match="trained at factor 8, not 4"):
+        upsample(req, client=client)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["region", "flat", "options-factor"])
+def test_bad_api_requests_raise_input_error_and_create_nothing(tmp_path, client, source, inputs, prior_dir, case):
+    out = tmp_path / "out.ome.zarr"
+    kw = {"input": source, "method_options": {"factor": R, **OPTS}}
+    if case == "region":
+        kw["region"] = "0:9,0:65,:"
+        match = "--region y range 0:65 lies outside the volume"
+    elif case == "flat":
+        kw["input"] = inputs["flat"]
+        match = "not a 3-D volume"
+    else:
+        kw["method_options"] = {"factor": 4, **OPTS}
+        match = "trained at factor 8, not 4"
+    req = UpsampleRequest(output=str(out), factor=R, method="d2r-recover", model=prior_dir, progress=False, **kw)
+    with pytest.raises(InputError, match=match):
+        upsample(req, client=client)
+    assert not out.exists()
