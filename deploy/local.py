@@ -8,6 +8,14 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import dask
+
+#: dask sets MALLOC_TRIM_THRESHOLD_=65536 in worker processes to hand memory back to the OS sooner.  Any
+#: explicit value turns off glibc's adaptive mmap threshold, so every large numpy temporary becomes a fresh
+#: mmap with page faults on first touch: measured 4x slower interpolation and 2x slower blocks end to end.
+#: isovol's blocks are bounded, so memory stays flat without it; the setting is removed for our workers.
+FAST_MALLOC = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
@@ -41,8 +49,9 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None, *, 
         # using every core run several times slower than N workers using one core each)
         share = max(1, (os.cpu_count() or 1) // n)
         extra["env"] = {v: str(share) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
-                           dashboard_address=":0", silence_logs=logging.ERROR, **extra)
+    with dask.config.set({FAST_MALLOC: None}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
+                               dashboard_address=":0", silence_logs=logging.ERROR, **extra)
     client = Client(cluster)
     try:
         yield client
