@@ -123,7 +123,7 @@ def _resolve(sde: IRSDE, sampler: str, steps: int | None, t_start: int | None,
             ts = fast_timesteps(t0, steps)
         if len(ts) > MAX_FAST_STEPS:
             raise ValueError(f"the fast sampler takes at most {MAX_FAST_STEPS} steps, got {len(ts)}; "
-                             f"use sampler='posterior' for more")
+                             f"use the posterior sampler for more")
         return ts
     if timesteps is not None:
         raise ValueError("timesteps applies to the fast sampler only")

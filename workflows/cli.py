@@ -75,7 +75,8 @@ def cli(quiet: bool) -> None:
 @click.argument("input_url", metavar="INPUT")
 @click.argument("output_url", metavar="OUTPUT")
 @click.option("--factor", "-r", required=True, help="Z upsampling factor (integer >= 2).")
-@click.option("--method", default="cubic", show_default=True, help="nearest, linear, cubic or dgean.")
+@click.option("--method", default="cubic", show_default=True,
+              help="nearest, linear, cubic, dgean (with --model), d2r-recover (with --model PRIOR_DIR).")
 @click.option("--model", "model_dir", default=None, metavar="DIR", help="Model directory of a learned method.")
 @block_opt
 @shard_opt
@@ -197,6 +198,8 @@ def recover(input_url: str, output_url: str, prior_dir: str, factor: str | None,
     from .upsample import UpsampleRequest
     from .upsample import upsample as run
 
+    if not os.path.isdir(prior_dir):
+        raise IsovolError(f"prior directory not found: {prior_dir}")
     if factor is None:
         factor = load_json(os.path.join(prior_dir, CONFIG), "prior").get("factor")
     r = check_factor(factor)

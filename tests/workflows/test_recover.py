@@ -286,7 +286,7 @@ def test_bad_requests_are_one_error_line_and_create_nothing(request, case, input
         "factor": "the prior in .* was trained at factor 8, not 4",
         "region": "--region z range 0:40 lies outside the volume",
         "flat": r"is not a 3-D volume \(shape \(128, 128\)\)",
-        "no-prior": "config.json not found",
+        "no-prior": "prior directory not found",
         "dgean": "does not hold a Stage I prior .*'dgean'",
         "garbage": "is not valid JSON",
         "sampler": "Invalid value for '--sampler'",
