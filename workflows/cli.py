@@ -218,6 +218,36 @@ def recover(input_url: str, output_url: str, prior_dir: str, factor: str | None,
         sys.exit(1)
 
 
+@cli.command("train")
+@click.argument("input_url", metavar="INPUT")
+@click.argument("model_dir", metavar="MODEL_DIR")
+@click.option("--factor", "-r", required=True, help="Z factor of INPUT (integer >= 2).")
+@click.option("--region", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1",
+              help="Training region of INPUT [default: all of it if its output is <= 256^3 voxels, else a "
+                   "centred box of about that].")
+@click.option("--recipe", default="gpu-default", show_default=True, metavar="cpu-tiny|gpu-default|FILE",
+              help="Settings of the three stages: a bundled recipe or a YAML file {prior, recover, dgean}.")
+@click.option("--restart-from", type=click.Choice(["prior", "recover", "dgean"]), default=None,
+              help="Delete this stage's outputs and the later ones, then run them again.")
+@click.option("--workers", type=int, default=None, help="Workers of Stage II's embedded LocalCluster.")
+@click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
+@storage_opt
+@voxel_opt
+def train_cmd(input_url: str, model_dir: str, factor: str, region: str | None, recipe: str,
+              restart_from: str | None, workers: int | None, device: str | None, storage_options: str | None,
+              voxel_size: str | None) -> None:
+    """D2R end to end: Stage I (prior on XY) -> Stage II (recover the region's XZ/YZ, fuse) -> Stage III
+    (DGEAN on the pseudo-isotropic region) into MODEL_DIR, which then serves `isovol upsample --method dgean
+    --model MODEL_DIR`. Each stage is cached; a rerun resumes at the first unfinished one."""
+    from ..pipeline.geometry import check_factor
+    from .train import run_train
+
+    result = run_train(input_url, model_dir, check_factor(factor), region=region, recipe=recipe, workers=workers,
+                       device=device, storage_options=parse_storage_options(storage_options),
+                       voxel_size=parse_voxel_size(voxel_size), restart_from=restart_from)
+    click.echo(f"isovol: {result['line']}", err=True)
+
+
 @cli.command("train-dgean")
 @click.argument("volume_url", metavar="VOLUME")
 @click.argument("model_dir", metavar="MODEL_DIR")
@@ -299,6 +329,43 @@ def demo(out_dir: str, factor: int, workers: int) -> None:
     from .demo import run_demo
 
     run_demo(out_dir, factor=factor, workers=workers)
+
+
+@cli.command()
+@click.argument("gt_url", metavar="GT")
+@click.option("--factor", "-r", required=True, help="Z factor to simulate: every r-th slice of GT is kept.")
+@click.option("--method", "methods", multiple=True, metavar="NAME[:MODEL_DIR]",
+              help="Method to score, repeatable: cubic, linear, nearest, dgean:MODEL_DIR (cubic is always "
+                   "included as the reference).")
+@click.option("--out", "out_dir", required=True, metavar="REPORT_DIR",
+              help="Folder for metrics.json, fsc.json, report.md, the figures and the work files.")
+@click.option("--labels", "labels_url", default=None, metavar="LABELS",
+              help="Dense neuron labels aligned with GT: adds the membrane-boundary F1 measure.")
+@click.option("--inception", default=None, metavar="FILE", help="Inception weights for SliceFID.")
+@block_opt
+@click.option("--workers", type=int, default=None, help="Workers of the embedded LocalCluster [default: cores].")
+@voxel_opt
+@storage_opt
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+def evaluate(gt_url: str, factor: str, methods: tuple[str, ...], out_dir: str, labels_url: str | None,
+             inception: str | None, block_shape: str | None, workers: int | None, voxel_size: str | None,
+             storage_options: str | None, no_progress: bool) -> None:
+    """Score methods against isotropic ground truth GT by the evaluation protocol (DESIGN.md)."""
+    from .evaluate import EvaluateRequest
+    from .evaluate import evaluate as run
+
+    req = EvaluateRequest(ground_truth=gt_url, factor=factor, out=out_dir, methods=list(methods),
+                          voxel_size=parse_voxel_size(voxel_size),
+                          storage_options=parse_storage_options(storage_options), labels=labels_url,
+                          inception=inception, workers=workers, block_shape=parse_shape(block_shape, "--block-shape"),
+                          progress=not no_progress)
+    result = run(req)
+    click.echo(f"{'method':<24}{'PSNR XY':>9}{'XZ':>8}{'YZ':>8}{'gain XY':>9}{'FSC nm':>8}")
+    for name, r in result["metrics"].items():
+        click.echo(f"{name[:23]:<24}{r['XY']['psnr']:>9.2f}{r['XZ']['psnr']:>8.2f}{r['YZ']['psnr']:>8.2f}"
+                   f"{r['gain_over_cubic_db']['XY']:>+9.2f}{r['fsc05_nm']:>8.1f}")
+    click.echo(f"isovol: evaluated {len(result['metrics'])} method(s) in {result['info']['seconds']:.1f} s; "
+               f"report {os.path.join(out_dir, 'report.md')}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
