@@ -1,0 +1,208 @@
+"""`isovol train` end to end with the cpu-tiny recipe on the bundled real crop decimated by 8: the MODEL_DIR
+serves `isovol upsample --method dgean`, a rerun skips every stage, a changed stage refuses and names itself,
+--restart-from reruns that stage and the later ones only, a killed run resumes at the stage it was killed in,
+and unusable requests are one error line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from isovol.pipeline.io.omezarr import write_image
+from isovol.workflows.train import default_region
+
+R = 8
+ISOVOL = str(Path(sys.executable).with_name("isovol"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tree(path) -> dict[str, tuple[int, int]]:
+    """Every file below ``path`` with its size and mtime (ns)."""
+    out = {}
+    for dirpath, _dirs, names in os.walk(path):
+        for n in names:
+            st = os.stat(os.path.join(dirpath, n))
+            out[os.path.relpath(os.path.join(dirpath, n), path)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def run(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([ISOVOL, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def error_line(res: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected exactly one stderr line, got:\n{res.stderr}"
+    assert lines[0].startswith("isovol: error"), lines[0]
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    return lines[0]
+
+
+def summary(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("isovol: train:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, crop) -> str:
+    url = str(tmp_path_factory.mktemp("train_in") / "in.ome.zarr")
+    write_image(url, np.ascontiguousarray(crop[::R]), (80.0, 10.0, 10.0))  # (17, 128, 128) uint8
+    return url
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, source) -> tuple[str, subprocess.CompletedProcess]:
+    model = str(tmp_path_factory.mktemp("train") / "model")
+    res = run("train", source, model, "--factor", R, "--recipe", "cpu-tiny", "--workers", 2)
+    assert res.returncode == 0, res.stderr
+    return model, res
+
+
+def test_train_produces_a_model_that_upsample_accepts(trained, source, tmp_path):
+    model, res = trained
+    assert "no --region given: training on the whole of" in res.stderr
+    assert summary(res.stderr).startswith("isovol: train: prior ran")
+    assert "recover ran" in res.stderr and "dgean ran" in res.stderr and "validation PSNR" in res.stderr
+    for name in ("model.safetensors", "config.json", "train.json", "prior/model.safetensors",
+                 "pseudo.ome.zarr/zarr.json"):
+        assert os.path.exists(os.path.join(model, name)), name
+    state = json.load(open(os.path.join(model, "train.json")))
+    assert state["recipe"] == "cpu-tiny" and state["region"] == [[0, 17], [0, 128], [0, 128]]
+    assert all(state["stages"][s]["done"] and state["stages"][s]["seconds"] > 0 for s in ("prior", "recover", "dgean"))
+    assert len({state["stages"][s]["hash"] for s in ("prior", "recover", "dgean")}) == 3
+    out = tmp_path / "up.ome.zarr"
+    up = run("upsample", source, out, "--factor", R, "--method", "dgean", "--model", model, "--workers", 1,
+             "--no-progress")
+    assert up.returncode == 0, up.stderr
+
+
+def test_rerun_skips_every_stage(trained, source):
+    model, _ = trained
+    before = {k: v for k, v in tree(model).items() if k != "train.json"}
+    res = run("train", source, model, "--factor", R, "--recipe", "cpu-tiny")
+    assert res.returncode == 0, res.stderr
+    assert "prior skipped, recover skipped, dgean skipped" in summary(res.stderr)
+    assert {k: v for k, v in tree(model).items() if k != "train.json"} == before
+
+
+def _start(log_path, *args) -> subprocess.Popen:
+    f = open(log_path, "w")
+    return subprocess.Popen([ISOVOL, *map(str, args)], stdout=f, stderr=subprocess.STDOUT, env=ENV,
+                            start_new_session=True)
+
+
+def _wait(p: subprocess.Popen, log_path, until, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if until(open(log_path).read()):
+            return
+        assert p.poll() is None, f"finished before the kill point:\n{open(log_path).read()}"
+        time.sleep(0.05)
+    raise AssertionError(f"kill point not reached:\n{open(log_path).read()}")
+
+
+def _kill(p: subprocess.Popen) -> None:
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+
+
+def test_changed_stage_refuses_restart_and_kills_resume(trained, source, tmp_path):
+    """A changed recover seed names Stage II and --restart-from; the restart is killed in Stage II, its rerun
+    resumes Stage II and is killed in Stage III, the next rerun resumes Stage III; Stage I is never touched."""
+    model = str(tmp_path / "model")
+    shutil.copytree(trained[0], model)  # copy2: mtimes kept
+    prior_files = tree(os.path.join(model, "prior"))
+    recipe = yaml.safe_load(files("isovol.workflows").joinpath("recipes", "cpu-tiny.yaml").read_text())
+    recipe["recover"]["seed"] = 1
+    path = tmp_path / "seed1.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    args = ["train", source, model, "--factor", R, "--recipe", path, "--workers", 2]
+
+    line = error_line(run(*args))
+    assert "Stage II" in line and "recover.seed" in line and "--restart-from recover" in line
+
+    log1 = tmp_path / "1.log"
+    p = _start(log1, *args, "--restart-from", "recover")
+    _wait(p, log1, lambda t: "pseudo.ome.zarr: 2 blocks, 0 already done" in t)
+    _kill(p)
+    text = open(log1).read()
+    assert "Stage I (lateral prior): done in an earlier run" in text and "Stage III" not in text
+    assert not os.path.exists(os.path.join(model, "model.safetensors"))  # the old Stage III model is gone
+
+    log2 = tmp_path / "2.log"
+    p = _start(log2, *args)
+    _wait(p, log2, lambda t: "Stage III (DGEAN): starting" in t
+          and os.path.exists(os.path.join(model, "dgean", "trainer.json")))
+    _kill(p)
+    text = open(log2).read()
+    assert "Stage I (lateral prior): done in an earlier run" in text
+    assert "Stage II (lateral recovery): resuming" in text
+    assert not json.load(open(os.path.join(model, "train.json")))["stages"]["dgean"]["done"]
+
+    res = run(*args)
+    assert res.returncode == 0, res.stderr
+    assert "Stage III (DGEAN): resuming" in res.stderr and "resuming training of" in res.stderr
+    assert "prior skipped, recover skipped, dgean ran" in summary(res.stderr)
+    assert tree(os.path.join(model, "prior")) == prior_files
+    state = json.load(open(os.path.join(model, "train.json")))
+    assert state["recipe_settings"]["recover"]["seed"] == 1 and state["stages"]["dgean"]["done"]
+
+
+def test_bad_requests_are_one_error_line(tmp_path, source):
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros((64, 64), np.uint8))
+    assert error_line(run("train", flat, tmp_path / "a", "--factor", R, "--recipe", "cpu-tiny"))
+    line = error_line(run("train", source, tmp_path / "b", "--factor", R, "--recipe", "cpu-tiny",
+                          "--region", "0:17,0:500,0:128"))
+    assert "outside" in line
+    line = error_line(run("train", source, tmp_path / "c", "--factor", R, "--recipe", "no-such-recipe"))
+    assert "cpu-tiny" in line and "gpu-default" in line
+    assert not any(os.path.exists(tmp_path / d) for d in "bc")
+
+
+def test_default_region_is_about_256_cubed():
+    assert default_region((17, 128, 128), 8) == ((slice(0, 17), slice(0, 128), slice(0, 128)), False)
+    box, cut = default_region((200, 2000, 3000), 8)
+    shape = [b.stop - b.start for b in box]
+    out = (shape[0] - 1) * 8 + 1
+    assert cut and 0.8 * 256**3 <= out * shape[1] * shape[2] <= 256**3
+    assert all(0 <= b.start and b.stop <= n for b, n in zip(box, (200, 2000, 3000)))
+    assert abs(box[2].start - (3000 - box[2].stop)) <= 1  # centred
+
+
+def test_bundled_recipes_resolve_and_unknown_keys_are_refused(tmp_path):
+    from isovol.pipeline.errors import InputError
+    from isovol.workflows.train import load_recipe, recipe_names, resolve
+
+    assert recipe_names() == ["cpu-tiny", "gpu-default"]
+    gpu = resolve(load_recipe("gpu-default")[1])[0]
+    assert gpu["recover"]["steps"] == 5 and gpu["prior"]["train"]["max_minutes"] == 4
+    assert gpu["dgean"]["train"]["max_minutes"] == 10
+    spec = load_recipe("cpu-tiny")[1]
+    for bad in ({**spec, "extra": {}}, {**spec, "recover": {**spec["recover"], "sed": 1}},
+                {k: v for k, v in spec.items() if k != "dgean"}):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(InputError):
+            load_recipe(str(path))
