@@ -110,6 +110,9 @@ def main() -> int:
     ap.add_argument("--e2e-size", type=int, default=2048)
     ap.add_argument("--quick", action="store_true", help="tiny model, small data: a CPU check of the path")
     ap.add_argument("--skip-throughput", action="store_true", help="quality only")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="no training or evaluation: time an untrained model of the recipe (speed does not "
+                         "depend on the weights)")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
@@ -128,11 +131,15 @@ def main() -> int:
     log(f"# DGEAN evidence, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     log(f"device: {torch.cuda.get_device_name(0) if device == 'cuda' else platform.processor() or 'cpu'}; "
         f"torch {torch.__version__}; python {platform.python_version()}")
+    if args.throughput_only:
+        tcfg.steps, tcfg.val_every, tcfg.ckpt_every, tcfg.val_windows = 1, 1, 1, tcfg.batch
     t0 = time.perf_counter()
     result = train_dgean(s2, model_dir, args.factor, isotropic=True, model_config=mcfg, train=tcfg, device=device,
                          source={"name": "flyem training_sample2"}, log=log)
     train_sec = time.perf_counter() - t0
     log(f"\ntrained {result['steps']} steps in {train_sec:.0f} s ({recipe} recipe, budget {args.train_minutes} min)")
+    if args.throughput_only:
+        return _throughput(args, model_dir, device, s1, work)
     rows = evaluate(s1, args.factor, {"cubic": get_method("cubic"),
                                       "Sup-DGEAN": get_method("dgean", model=model_dir, device=device)})
     log(f"\n## Sup-DGEAN on FlyEM training_sample1, r = {args.factor} (trained on training_sample2)\n")
@@ -149,6 +156,14 @@ def main() -> int:
                    "eval": rows}, f, indent=1)
     if args.skip_throughput:
         return 0
+    _throughput(args, model_dir, device, s1, work)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(os.path.join(model_dir, name), os.path.join(args.out, name))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _throughput(args, model_dir: str, device: str, s1: np.ndarray, work: str) -> int:
     tiles = [64, 128] if args.quick else [256, 512]
     mo = model_only(model_dir, args.factor, tiles, device, windows=2 if args.quick else 8)
     e2e = end_to_end(model_dir, args.factor, s1, work, 192 if args.quick else args.e2e_size,
@@ -160,12 +175,8 @@ def main() -> int:
         log(f"| model only ({r['windows']} windows/batch) | {r['tile']} | {r['mvox_s']:.0f} |")
     log(f"| end-to-end executor, output {tuple(e2e['output_shape'])} | {tiles[-1]} | {e2e['mvox_s']:.0f} |")
     log(f"\nend-to-end / model-only: {e2e['mvox_s'] / mo[-1]['mvox_s']:.2f}")
-    with open(os.path.join(args.out, "dgean_gpu.json"), "w") as f:
-        json.dump({"train": {"steps": result["steps"], "seconds": train_sec, "history": result["history"]},
-                   "eval": rows, "model_only": mo, "end_to_end": e2e}, f, indent=1)
-    for name in ("model.safetensors", "config.json"):
-        shutil.copy(os.path.join(model_dir, name), os.path.join(args.out, name))
-    shutil.rmtree(work, ignore_errors=True)
+    with open(os.path.join(args.out, "throughput.json"), "w") as f:
+        json.dump({"model_only": mo, "end_to_end": e2e}, f, indent=1)
     return 0
 
 
