@@ -56,6 +56,12 @@ block_opt = click.option("--block-shape", default=None, metavar="Z,Y,X",
                          help="Output voxels per task; a whole multiple of the shard shape [default: the shard].")
 shard_opt = click.option("--shard-shape", default=None, metavar="Z,Y,X",
                          help="Output shard shape [default: the block shape, else 256,256,256].")
+cluster_opt = click.option("--cluster", type=click.Choice(["local", "local-gpu", "slurm", "pbs", "kubernetes"]),
+                           default="local", show_default=True,
+                           help="Where the blocks run; settings in deploy/<cluster>.yaml (see deploy/README.md).")
+cluster_config_opt = click.option("--cluster-config", "cluster_config", default=None, metavar="FILE",
+                                  type=click.Path(exists=True, dir_okay=False),
+                                  help="YAML overriding keys of the cluster's default config.")
 chunk_opt = click.option("--chunk-shape", default=None, metavar="Z,Y,X",
                          help="Inner chunk shape of each shard [default: 64,64,64].")
 
@@ -83,6 +89,8 @@ def cli(quiet: bool) -> None:
 @chunk_opt
 @click.option("--workers", type=int, default=None, help="Workers of the embedded LocalCluster [default: cores].")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Join an existing dask cluster instead.")
+@cluster_opt
+@cluster_config_opt
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip blocks marked done.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing isovol output.")
 @voxel_opt
@@ -96,8 +104,8 @@ def cli(quiet: bool) -> None:
 def upsample(input_url: str, output_url: str, factor: str, method: str, model_dir: str | None,
              block_shape: str | None,
              shard_shape: str | None, chunk_shape: str | None, workers: int | None, scheduler: str | None,
-             resume: bool, overwrite: bool, voxel_size: str | None, storage_options: str | None,
-             output_storage_options: str | None, retries: int, block_timeout: float | None,
+             cluster: str, cluster_config: str | None, resume: bool, overwrite: bool, voxel_size: str | None,
+             storage_options: str | None, output_storage_options: str | None, retries: int, block_timeout: float | None,
              no_progress: bool) -> None:
     """Upsample INPUT along Z by --factor into the OME-Zarr OUTPUT."""
     from .upsample import UpsampleRequest
@@ -109,7 +117,8 @@ def upsample(input_url: str, output_url: str, factor: str, method: str, model_di
         chunk_shape=parse_shape(chunk_shape, "--chunk-shape"), voxel_size=parse_voxel_size(voxel_size),
         storage_options=parse_storage_options(storage_options),
         output_storage_options=parse_storage_options(output_storage_options) if output_storage_options else None,
-        resume=resume, overwrite=overwrite, workers=workers, scheduler=scheduler, retries=retries,
+        resume=resume, overwrite=overwrite, workers=workers, scheduler=scheduler, cluster=cluster,
+        cluster_config=cluster_config, retries=retries,
         block_timeout=block_timeout, progress=not no_progress, command=_command_line())
     summary = run(req)
     click.echo(f"isovol: {summary.line()}", err=True)
@@ -182,6 +191,8 @@ def plan(input_url: str, factor: str, method: str, model_dir: str | None, block_
 @block_opt
 @click.option("--workers", type=int, default=None)
 @click.option("--scheduler", default=None, metavar="ADDRESS")
+@cluster_opt
+@cluster_config_opt
 @click.option("--resume", is_flag=True)
 @click.option("--overwrite", is_flag=True)
 @voxel_opt
@@ -189,7 +200,8 @@ def plan(input_url: str, factor: str, method: str, model_dir: str | None, block_
 @click.option("--no-progress", is_flag=True)
 def recover(input_url: str, output_url: str, prior_dir: str, factor: str | None, region: str | None, sampler: str,
             steps: int | None, t_start: int | None, seed: int, fusion: str, tile: int, margin: int,
-            block_shape: str | None, workers: int | None, scheduler: str | None, resume: bool, overwrite: bool,
+            block_shape: str | None, workers: int | None, scheduler: str | None, cluster: str,
+            cluster_config: str | None, resume: bool, overwrite: bool,
             voxel_size: str | None, storage_options: str | None, no_progress: bool) -> None:
     """D2R Stage II: restore the XZ and YZ slices of INPUT with the prior and write their fusion, a
     pseudo-isotropic OME-Zarr that `isovol train-dgean` accepts."""
@@ -209,7 +221,8 @@ def recover(input_url: str, output_url: str, prior_dir: str, factor: str | None,
                         "fusion": fusion, "tile": tile, "margin": margin},
         region=region, block_shape=parse_shape(block_shape, "--block-shape"),
         voxel_size=parse_voxel_size(voxel_size), storage_options=parse_storage_options(storage_options),
-        resume=resume, overwrite=overwrite, workers=workers, scheduler=scheduler, progress=not no_progress,
+        resume=resume, overwrite=overwrite, workers=workers, scheduler=scheduler, cluster=cluster,
+        cluster_config=cluster_config, progress=not no_progress,
         command=_command_line())
     summary = run(req)
     click.echo(f"isovol: {summary.line()}", err=True)
@@ -344,11 +357,14 @@ def demo(out_dir: str, factor: int, workers: int) -> None:
 @click.option("--inception", default=None, metavar="FILE", help="Inception weights for SliceFID.")
 @block_opt
 @click.option("--workers", type=int, default=None, help="Workers of the embedded LocalCluster [default: cores].")
+@cluster_opt
+@cluster_config_opt
 @voxel_opt
 @storage_opt
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 def evaluate(gt_url: str, factor: str, methods: tuple[str, ...], out_dir: str, labels_url: str | None,
-             inception: str | None, block_shape: str | None, workers: int | None, voxel_size: str | None,
+             inception: str | None, block_shape: str | None, workers: int | None, cluster: str,
+             cluster_config: str | None, voxel_size: str | None,
              storage_options: str | None, no_progress: bool) -> None:
     """Score methods against isotropic ground truth GT by the evaluation protocol (DESIGN.md)."""
     from .evaluate import EvaluateRequest
@@ -357,7 +373,8 @@ def evaluate(gt_url: str, factor: str, methods: tuple[str, ...], out_dir: str, l
     req = EvaluateRequest(ground_truth=gt_url, factor=factor, out=out_dir, methods=list(methods),
                           voxel_size=parse_voxel_size(voxel_size),
                           storage_options=parse_storage_options(storage_options), labels=labels_url,
-                          inception=inception, workers=workers, block_shape=parse_shape(block_shape, "--block-shape"),
+                          inception=inception, workers=workers, cluster=cluster,
+                          cluster_config=cluster_config, block_shape=parse_shape(block_shape, "--block-shape"),
                           progress=not no_progress)
     result = run(req)
     click.echo(f"{'method':<24}{'PSNR XY':>9}{'XZ':>8}{'YZ':>8}{'gain XY':>9}{'FSC nm':>8}")

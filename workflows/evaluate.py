@@ -55,6 +55,8 @@ class EvaluateRequest:
     labels: str | None = None
     inception: str | None = None
     workers: int | None = None
+    cluster: str = "local"
+    cluster_config: str | None = None
     block_shape: tuple[int, int, int] | None = None
     processes: bool = True
     progress: bool = True
@@ -265,9 +267,9 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
             log.info("evaluate: %s upsampled in %.1f s", s.key, timings[s.key])
 
     if client is None:
-        from ..deploy.local import cluster_client
+        from ..deploy.clusters import open_cluster
 
-        with cluster_client(req.workers, processes=req.processes) as own:
+        with open_cluster(req.cluster, req.cluster_config, req.workers, processes=req.processes) as own:
             run_all(own)
     else:
         run_all(client)

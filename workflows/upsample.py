@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..deploy.local import cluster_client
+from ..deploy.clusters import check_cluster, open_cluster
 from ..pipeline import __version__
 from ..pipeline.blocks import BlockPlan, Shape3
 from ..pipeline.errors import InputError, OutputError
@@ -42,6 +42,8 @@ class UpsampleRequest:
     overwrite: bool = False
     workers: int | None = None
     scheduler: str | None = None
+    cluster: str = "local"  # deploy/clusters.py KINDS: local, local-gpu, slurm, pbs, kubernetes
+    cluster_config: str | None = None  # a YAML overriding keys of deploy/<cluster>.yaml
     processes: bool = True
     retries: int = 2
     block_timeout: float | None = None
@@ -113,6 +115,8 @@ def _remove_output(fs: Any, path: str, url: str) -> None:
 
 def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     """Run (or resume) one upsampling; returns the summary. Raises IsovolError for unusable requests."""
+    if client is None:
+        check_cluster(req.cluster, req.cluster_config, req.scheduler)  # a bad cluster config fails before any write
     vol, method, plan = prepare(req)
     components = run_components(vol, method, plan)
     digest = run_hash(components)
@@ -138,7 +142,8 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, digest)
     _set_state(keeper, "running")
     if client is None:
-        with cluster_client(req.workers, req.scheduler, processes=req.processes) as own:
+        with open_cluster(req.cluster, req.cluster_config, req.workers, req.scheduler,
+                          processes=req.processes) as own:
             summary = _execute(own, ctx, todo, plan, req)
     else:
         summary = _execute(client, ctx, todo, plan, req)
