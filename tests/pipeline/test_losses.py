@@ -20,15 +20,6 @@ from isovol.pipeline.losses import (
 from isovol.workflows.demo_data import load_crop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU tensors: one thread is as fast alone and ~10x faster when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def slices() -> torch.Tensor:
     """Nine consecutive real FIB-SEM slices, 64 x 64, in [0, 1]."""

@@ -15,14 +15,6 @@ from isovol.pipeline.samplers import (
 from isovol.workflows.demo_data import load_crop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def sde() -> IRSDE:
     return IRSDE()

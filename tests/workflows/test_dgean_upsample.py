@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from isovol.pipeline.errors import InputError, ResumeError
@@ -29,14 +28,6 @@ from isovol.workflows.upsample import UpsampleRequest, upsample
 FACTOR = 8
 TILE = 32  # small tiles: several per block, partial ones at block edges
 ISOVOL = str(Path(sys.executable).with_name("isovol"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(*args, cwd=None) -> subprocess.CompletedProcess:

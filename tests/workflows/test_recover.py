@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from isovol.pipeline.errors import InputError
@@ -32,14 +31,6 @@ OPTS = {"tile": TILE, "margin": MARGIN, "steps": STEPS}
 ISOVOL = str(Path(sys.executable).with_name("isovol"))
 REGION, OFFSET = "2:7,16:80,32:96", (2, 16, 32)  # of the (17, 128, 128) CLI source
 ORIGIN, VOXEL = (1000.0, 2000.0, 3000.0), (80.0, 10.0, 10.0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(*args, cwd=None) -> subprocess.CompletedProcess:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from isovol.pipeline.io.omezarr import write_image
@@ -26,14 +25,6 @@ from isovol.workflows.train import default_region
 R = 8
 ISOVOL = str(Path(sys.executable).with_name("isovol"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tree(path) -> dict[str, tuple[int, int]]:

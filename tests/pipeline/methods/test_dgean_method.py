@@ -24,14 +24,6 @@ from isovol.workflows.demo_data import load_crop
 TRAINED_AT = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def crop() -> np.ndarray:
     return load_crop()[0]

@@ -15,7 +15,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from isovol.pipeline.checkpoints import file_sha256
 from isovol.pipeline.errors import InputError
@@ -28,14 +27,6 @@ from isovol.workflows.demo_data import load_crop
 R = 8
 TILE, MARGIN, STEPS = 32, 8, 2
 OPTS = {"tile": TILE, "margin": MARGIN, "steps": STEPS}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,6 @@ from isovol.pipeline.models.dgean import count_parameters, estimate_macs
 from isovol.workflows.demo_data import load_crop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small CPU tensors: one thread is as fast alone and ~10x faster when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> DGEAN:
     return build_dgean("tiny").eval()

@@ -11,14 +11,6 @@ from isovol.pipeline.models.irsde import theta_schedule
 from isovol.workflows.demo_data import load_crop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def sde() -> IRSDE:
     return IRSDE()

@@ -9,14 +9,6 @@ from isovol.pipeline.models import NAFNET_PRESETS, ConditionalNAFNet, NAFNetConf
 from isovol.pipeline.models.nafnet import count_parameters, estimate_macs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _activate(net: ConditionalNAFNet, seed: int = 0) -> ConditionalNAFNet:
     """Give the zero-initialised residual scales random values so every block contributes."""
     gen = torch.Generator().manual_seed(seed)

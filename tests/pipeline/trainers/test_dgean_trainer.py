@@ -30,14 +30,6 @@ STEPS = 120
 FILES = ("model.safetensors", "config.json", "trainer.safetensors", "trainer.json")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def crop() -> np.ndarray:
     return load_crop()[0]

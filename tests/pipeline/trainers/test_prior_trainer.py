@@ -36,14 +36,6 @@ STEPS = 150  # tiny recipe: validation loss ~0.0177 -> ~0.005-0.012 at 120-150 s
 FILES = ("config.json", "model.safetensors", "trainer.json", "trainer.safetensors")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def aniso() -> np.ndarray:
     """The real crop as a factor-4 anisotropic stack: 33 XY slices of 128 x 128 (40 nm x 10 nm x 10 nm)."""

@@ -18,14 +18,6 @@ SHAPE = (40, 48, 64)  # z, y, x; every coordinate < 100
 R, P = 4, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def coords() -> np.ndarray:
     z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
