@@ -38,24 +38,36 @@ def parse_region(text: str | None, shape: tuple[int, int, int]) -> tuple[slice, 
     return tuple(out)  # type: ignore[return-value]
 
 
-def run_train_dgean(volume_url: str, model_dir: str, factor: int, *, isotropic: bool, config: str,
-                    steps: int | None, region: str | None, device: str | None,
-                    storage_options: dict[str, Any]) -> dict[str, Any]:
-    mcfg, tcfg = resolve_recipe(config)
-    if steps is not None:
-        if steps < 1:
-            raise InputError(f"--steps must be positive, got {steps}")
-        tcfg.steps = steps
+def load_training_volume(volume_url: str, region: str | None,
+                         storage_options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read the training region into memory (refusing a huge volume without --region) and describe it."""
     vol = open_volume(volume_url, storage_options)
     box = parse_region(region, vol.shape)
     nbytes = int(np.prod([s.stop - s.start for s in box])) * vol.dtype.itemsize
     if nbytes > MAX_TRAIN_BYTES and not region:
         raise InputError(f"{strip_url(volume_url)} is {nbytes / 2**30:.1f} GiB; choose a training --region")
     data = vol.read(box)
+    source = {"url": strip_url(volume_url), "region": [[s.start, s.stop] for s in box],
+              "shape": list(data.shape), "dtype": str(data.dtype)}
+    return data, source
+
+
+def set_steps(train: Any, steps: int | None) -> None:
+    """Apply ``--steps`` to a training config."""
+    if steps is not None:
+        if steps < 1:
+            raise InputError(f"--steps must be positive, got {steps}")
+        train.steps = steps
+
+
+def run_train_dgean(volume_url: str, model_dir: str, factor: int, *, isotropic: bool, config: str,
+                    steps: int | None, region: str | None, device: str | None,
+                    storage_options: dict[str, Any]) -> dict[str, Any]:
+    mcfg, tcfg = resolve_recipe(config)
+    set_steps(tcfg, steps)
+    data, source = load_training_volume(volume_url, region, storage_options)
     log.info("training DGEAN (%s) at factor %d on %s region %s %s, %d steps", config, factor,
              "isotropic" if isotropic else "pseudo-isotropic", strip_url(volume_url),
              tuple(data.shape), tcfg.steps)
-    source = {"url": strip_url(volume_url), "region": [[s.start, s.stop] for s in box],
-              "shape": list(data.shape), "dtype": str(data.dtype)}
     return train_dgean(data, model_dir, factor, isotropic=isotropic, model_config=mcfg, train=tcfg,
                        device=device, source=source, log=log.info)

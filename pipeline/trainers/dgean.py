@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, 
 from ..errors import InputError
 from ..losses import DGEANLoss, load_lpips
 from ..models.dgean import DGEANConfig, build_dgean, cubic_at_depths
+from . import settings_from_dict
 from .windows import WindowSampler
 
 TRAINER_STATE = "trainer.safetensors"
@@ -50,11 +51,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown training settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return settings_from_dict(cls, data)
 
 
 #: Named recipes: a model preset and training settings that go with it.

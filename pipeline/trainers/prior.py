@@ -31,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from .. import __version__
 from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, load_tensors, save_json, save_tensors
 from ..degrade import DIHEDRAL, add_noise, degrade_rows, dihedral, patch_rows, transposes
 from ..errors import InputError
+from . import settings_from_dict
 from .dgean import _load_opt, _lr, _opt_tensors, data_scale, psnr_batch
 
 TRAINER_STATE = "trainer.safetensors"
@@ -76,11 +77,7 @@ class PriorTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriorTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown training settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return settings_from_dict(cls, data)
 
 
 #: Named recipes: a NAFNet preset, SDE settings and training settings that go with them.
