@@ -242,13 +242,15 @@ def recover(input_url: str, output_url: str, prior_dir: str, factor: str | None,
               help="Settings of the three stages: a bundled recipe or a YAML file {prior, recover, dgean}.")
 @click.option("--restart-from", type=click.Choice(["prior", "recover", "dgean"]), default=None,
               help="Delete this stage's outputs and the later ones, then run them again.")
-@click.option("--workers", type=int, default=None, help="Workers of Stage II's embedded LocalCluster.")
+@click.option("--workers", type=int, default=None, help="Workers of Stage II's cluster.")
+@cluster_opt
+@cluster_config_opt
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @storage_opt
 @voxel_opt
 def train_cmd(input_url: str, model_dir: str, factor: str, region: str | None, recipe: str,
-              restart_from: str | None, workers: int | None, device: str | None, storage_options: str | None,
-              voxel_size: str | None) -> None:
+              restart_from: str | None, workers: int | None, cluster: str, cluster_config: str | None,
+              device: str | None, storage_options: str | None, voxel_size: str | None) -> None:
     """D2R end to end: Stage I (prior on XY) -> Stage II (recover the region's XZ/YZ, fuse) -> Stage III
     (DGEAN on the pseudo-isotropic region) into MODEL_DIR, which then serves `isovol upsample --method dgean
     --model MODEL_DIR`. Each stage is cached; a rerun resumes at the first unfinished one."""
@@ -257,7 +259,8 @@ def train_cmd(input_url: str, model_dir: str, factor: str, region: str | None, r
 
     result = run_train(input_url, model_dir, check_factor(factor), region=region, recipe=recipe, workers=workers,
                        device=device, storage_options=parse_storage_options(storage_options),
-                       voxel_size=parse_voxel_size(voxel_size), restart_from=restart_from)
+                       voxel_size=parse_voxel_size(voxel_size), restart_from=restart_from, cluster=cluster,
+                       cluster_config=cluster_config)
     click.echo(f"isovol: {result['line']}", err=True)
 
 

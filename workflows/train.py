@@ -250,11 +250,16 @@ def _publish(src_dir: str, model_dir: str) -> None:
 def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None = None,
               recipe: str = "gpu-default", workers: int | None = None, device: str | None = None,
               storage_options: dict[str, Any] | None = None, voxel_size: Vec3 | None = None,
-              restart_from: str | None = None, processes: bool = True) -> dict[str, Any]:
+              restart_from: str | None = None, processes: bool = True, cluster: str = "local",
+              cluster_config: str | None = None) -> dict[str, Any]:
     """Run (or resume) Stage I-III into ``model_dir``; returns {"stages": {name: {"ran", "seconds"}},
-    "validation": {...}, "line": summary}."""
+    "validation": {...}, "line": summary}.  ``cluster``/``cluster_config`` choose where Stage II's blocks run
+    (deploy/clusters.py); Stages I and III train in this process."""
+    from ..deploy.clusters import check_cluster
+
     if restart_from is not None and restart_from not in STAGES:
         raise InputError(f"--restart-from must be one of {', '.join(STAGES)}, got {restart_from!r}")
+    check_cluster(cluster, cluster_config)  # a bad cluster config fails now, not after Stage I
     label, spec = load_recipe(recipe)
     norm, objs = resolve(spec)
     options = dict(storage_options or {})
@@ -318,7 +323,7 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
             _stage_prior(vol, box, model_dir, factor, objs["prior"], device, inp)
         elif s == "recover":
             _stage_recover(input_url, model_dir, factor, norm["recover"], box, workers, device, options,
-                           voxel_size, processes)
+                           voxel_size, processes, cluster, cluster_config)
         else:
             validation = _stage_dgean(model_dir, factor, objs["dgean"], device)
         took = time.perf_counter() - t0
@@ -353,7 +358,8 @@ def _stage_prior(vol: Any, box: tuple[slice, slice, slice], model_dir: str, fact
 
 def _stage_recover(input_url: str, model_dir: str, factor: int, rec: dict[str, Any],
                    box: tuple[slice, slice, slice], workers: int | None, device: str | None,
-                   options: dict[str, Any], voxel_size: Vec3 | None, processes: bool) -> None:
+                   options: dict[str, Any], voxel_size: Vec3 | None, processes: bool, cluster: str = "local",
+                   cluster_config: str | None = None) -> None:
     from .bookkeeping import META_DIR, RUN_RECORD
     from .upsample import UpsampleRequest, upsample
 
@@ -366,8 +372,8 @@ def _stage_recover(input_url: str, model_dir: str, factor: int, rec: dict[str, A
     req = UpsampleRequest(input=input_url, output=out, factor=factor, method="d2r-recover",
                           model=os.path.join(model_dir, PRIOR_DIR), method_options=method_options,
                           region=region_text(box), voxel_size=voxel_size, storage_options=options,
-                          resume=os.path.exists(out), workers=workers, processes=processes,
-                          command="isovol train (Stage II)")
+                          resume=os.path.exists(out), workers=workers, processes=processes, cluster=cluster,
+                          cluster_config=cluster_config, command="isovol train (Stage II)")
     summary = upsample(req)
     log.info("Stage II: %s", summary.line())
     if not summary.ok:

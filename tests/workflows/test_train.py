@@ -197,3 +197,34 @@ def test_bundled_recipes_resolve_and_unknown_keys_are_refused(tmp_path):
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(InputError):
             load_recipe(str(path))
+
+
+def test_cluster_options_reach_stage_two(tmp_path, source, monkeypatch):
+    """`isovol train --cluster/--cluster-config` go to Stage II's executor run; a bad config is refused first."""
+    from click.testing import CliRunner
+
+    from isovol.pipeline.errors import InputError
+    from isovol.workflows import train, upsample
+    from isovol.workflows.cli import cli
+
+    seen: dict[str, object] = {}
+
+    def fake_upsample(req, client=None):
+        seen.update(cluster=req.cluster, cluster_config=req.cluster_config, method=req.method)
+        raise InputError("stopped before any block ran")
+
+    monkeypatch.setattr(train, "_stage_prior", lambda *a, **k: seen.setdefault("prior", True))
+    monkeypatch.setattr(upsample, "upsample", fake_upsample)
+    cfg = tmp_path / "slurm.yaml"
+    cfg.write_text("jobs: 3\n")
+    res = CliRunner().invoke(cli, ["train", source, str(tmp_path / "m"), "--factor", str(R), "--recipe", "cpu-tiny",
+                                   "--cluster", "slurm", "--cluster-config", str(cfg)])
+    assert "stopped before any block ran" in str(res.exception)
+    assert seen == {"prior": True, "cluster": "slurm", "cluster_config": str(cfg), "method": "d2r-recover"}
+
+    seen.clear()
+    cfg.write_text("jbos: 3\n")
+    res = CliRunner().invoke(cli, ["train", source, str(tmp_path / "n"), "--factor", str(R), "--recipe", "cpu-tiny",
+                                   "--cluster", "slurm", "--cluster-config", str(cfg)])
+    assert isinstance(res.exception, InputError) and "unknown key(s) 'jbos'" in str(res.exception)
+    assert not seen and not (tmp_path / "n").exists()
