@@ -6,7 +6,8 @@ scores are those of what users get); outputs are compared with the ground truth 
 
 Measures (see :mod:`isovol.pipeline.metrics`): PSNR / SSIM per plane with the dtype's data range, mean over
 planes (XY over the synthesised slices only; a perfect plane counts as ``PSNR_CAP`` dB), the gain over cubic
-interpolation next to each, FSC-0.5 resolution in nm (Hann-windowed 3-D FSC), and, when dense neuron labels
+interpolation next to each, FSC-0.5 resolution in nm (Hann-windowed 3-D FSC; the axial-only FSC beside it as a
+diagnostic; docs/evaluate.md says why), and, when dense neuron labels
 are given, the boundary F1 of a fixed classical membrane detector (:func:`boundary_f1`).
 """
 
@@ -110,13 +111,18 @@ def check_isotropic(voxel: Vec3 | None, url: str) -> Vec3:
 def score(ref: np.ndarray, out: np.ndarray, factor: int, voxel_nm: float = 1.0) -> dict[str, Any]:
     """Per-plane PSNR / SSIM and FSC-0.5 (nm) of ``out`` against ``ref`` (same grid, z = 0 a kept slice).
 
-    Returns {"XY": {"psnr", "ssim"}, "XZ": ..., "YZ": ..., "fsc05_nm": x, "fsc": {"freq_per_nm", "curve"}};
+    Returns {"XY": {"psnr", "ssim"}, "XZ": ..., "YZ": ..., "fsc05_nm": x, "fsc05_axial_nm": x,
+    "fsc": {"freq_per_nm", "curve", "axial_curve"}} (the 3-D FSC is the protocol's figure, the axial one a
+    diagnostic; see pipeline/metrics.py and docs/evaluate.md);
     PSNR of a perfect plane is ``PSNR_CAP`` dB (the mean stays finite).
     """
     row: dict[str, Any] = plane_scores(ref, out, factor)
     freq, curve = fsc(ref.astype(np.float64), out.astype(np.float64), voxel_nm)
     row["fsc05_nm"] = fsc_resolution(freq, curve)
-    row["fsc"] = {"freq_per_nm": [float(f) for f in freq], "curve": [float(c) for c in curve]}
+    afreq, acurve = fsc(ref.astype(np.float64), out.astype(np.float64), voxel_nm, axial=True)
+    row["fsc05_axial_nm"] = fsc_resolution(afreq, acurve)
+    row["fsc"] = {"freq_per_nm": [float(f) for f in freq], "curve": [float(c) for c in curve],
+                  "axial_curve": [float(c) for c in acurve]}
     return row
 
 

@@ -15,7 +15,8 @@ def _gain(g: float) -> str:
 
 def table(metrics: dict[str, Any]) -> list[str]:
     labels = any("boundary_f1" in r for r in metrics.values())
-    head = ["method", *(f"PSNR {p} dB (gain)" for p in PLANES), *(f"SSIM {p}" for p in PLANES), "FSC-0.5 nm"]
+    head = ["method", *(f"PSNR {p} dB (gain)" for p in PLANES), *(f"SSIM {p}" for p in PLANES), "FSC-0.5 nm",
+            "axial FSC-0.5 nm"]
     if labels:
         head.append("boundary F1")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -24,6 +25,7 @@ def table(metrics: dict[str, Any]) -> list[str]:
         cells += [f"{r[p]['psnr']:.2f} ({_gain(r['gain_over_cubic_db'][p])})" for p in PLANES]
         cells += [f"{r[p]['ssim']:.4f}" for p in PLANES]
         cells.append(f"{r['fsc05_nm']:.1f}")
+        cells.append(f"{r['fsc05_axial_nm']:.1f}" if r.get("fsc05_axial_nm") is not None else "–")
         if labels:
             cells.append(f"{r['boundary_f1']:.3f}" if r.get("boundary_f1") is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -48,7 +50,9 @@ def write_report(path: str, metrics: dict[str, Any], info: dict[str, Any]) -> No
         f"(kept slices are exact copies), XZ and YZ over all planes. A plane identical to the ground truth counts "
         f"as {PSNR_CAP:g} dB (the cap keeps means finite). Gains are in dB over cubic interpolation, the reference. "
         f"FSC-0.5: the resolution (nm) where the Hann-windowed 3-D Fourier shell correlation with the ground "
-        f"truth first falls below 0.5; Nyquist is {2 * min(voxel):g} nm.",
+        f"truth first falls below 0.5 (the period 1/f; Nyquist is {2 * min(voxel):g} nm). Decimation alone puts "
+        f"interpolation near {r * min(voxel):g} nm (aliasing fills each shell beyond |k_z| = 1/(2r dz)). Axial FSC-0.5: "
+        f"the same correlation over planes of constant k_z, a diagnostic of Z alone (docs/evaluate.md).",
         "",
         "SliceFID: skipped (no Inception weights given).",
         "",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from isovol.pipeline.metrics import PSNR_CAP, data_range, plane_scores, psnr, ssim
+from isovol.pipeline.metrics import PSNR_CAP, data_range, fsc, fsc_resolution, plane_scores, psnr, ssim
 from isovol.workflows.demo_data import load_crop
 
 
@@ -95,3 +95,73 @@ def test_plane_scores_refuses_mismatched_shapes(crop):
     """Guards against silently broadcasting a volume of the wrong length against the reference."""
     with pytest.raises(ValueError, match="shapes differ"):
         plane_scores(crop[:9], crop[:10], 2)
+
+
+# -- FSC against closed forms (white noise: flat power, so a shell's correlation is a fraction of its voxels) --
+
+N = 64  # cube side: 32 shells of width 1/64 cycles per voxel
+
+
+def _noise(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((N, N, N))
+
+
+def _filter(vol: np.ndarray, keep: np.ndarray, fill_seed: int | None = None) -> np.ndarray:
+    """Keep the Fourier coefficients where ``keep``; elsewhere zero, or independent noise of the same power."""
+    f = np.fft.fftn(vol)
+    other = np.fft.fftn(_noise(fill_seed)) if fill_seed is not None else 0.0
+    return np.fft.ifftn(np.where(keep, f, other)).real
+
+
+def _k() -> tuple[np.ndarray, np.ndarray]:
+    kz, ky, kx = np.meshgrid(*[np.fft.fftfreq(N)] * 3, indexing="ij")
+    return np.abs(kz), np.sqrt(kz * kz + ky * ky + kx * kx)
+
+
+@pytest.mark.parametrize("window,axial", [(True, False), (False, False), (True, True)])
+def test_fsc_of_a_volume_with_itself_reaches_nyquist(crop, window, axial):
+    v = crop.astype(np.float64)
+    freq, curve = fsc(v, v.copy(), 10.0, window=window, axial=axial)
+    assert np.allclose(curve, 1.0)
+    assert fsc_resolution(freq, curve) == pytest.approx(1 / freq[-1])
+    assert 20.0 <= 1 / freq[-1] <= 20.0 * 1.05  # Nyquist: two 10 nm voxels (last shell centre)
+
+
+def test_fsc_ideal_isotropic_low_pass_cuts_at_its_radius():
+    kc = 0.2  # cycles per voxel: period 5 voxels
+    v = _noise()
+    _, rad = _k()
+    freq, curve = fsc(v, _filter(v, rad < kc), window=False)
+    inside, outside = (freq > 1 / N) & (freq < kc - 1 / N), freq > kc + 1 / N  # shell 0 holds only the mean
+    assert np.all(curve[inside] > 0.999) and np.all(np.abs(curve[outside]) < 0.1)  # round-off over round-off
+    assert fsc_resolution(freq, curve) == pytest.approx(1 / kc, rel=0.05)
+    _, hann = fsc(v, _filter(v, rad < kc), window=True)  # the window smears the edge by about two shells
+    assert fsc_resolution(freq, hann) == pytest.approx(1 / kc, rel=0.1)
+
+
+def test_fsc_of_axial_decimation_follows_the_shell_fraction():
+    """Keeping |k_z| < k0 keeps a fraction k0/|k| of each shell: the 3-D curve is sqrt(k0/|k|) when the rest is
+    removed (crossing 0.5 at 4 k0) and k0/|k| when it is filled with uncorrelated power, as aliasing does
+    (crossing at 2 k0: interpolation at r = 8 reads 8 voxels).  The axial curve cuts at k0 itself."""
+    k0 = 1 / 16  # Nyquist of every 8th slice
+    v = _noise()
+    kz, _ = _k()
+    removed, aliased = _filter(v, kz < k0), _filter(v, kz < k0, fill_seed=1)
+    band = np.unique(kz[kz < k0]).size * 2 - 1  # k_z planes kept: 7 of 64, so the band's half-width is
+    k0 = band / (2 * N)  # 3.5 / 64 cycles per voxel on this grid
+    freq, curve = fsc(v, removed, window=False)
+    far = freq > 2 * k0
+    assert np.allclose(curve[far], np.sqrt(k0 / freq[far]), atol=0.06)
+    assert fsc_resolution(freq, curve) == pytest.approx(1 / (4 * k0), rel=0.08)
+    freq, curve = fsc(v, aliased, window=False)
+    assert np.allclose(curve[far], k0 / freq[far], atol=0.06)
+    assert fsc_resolution(freq, curve) == pytest.approx(1 / (2 * k0), rel=0.08)
+    freq, curve = fsc(v, aliased, window=False, axial=True)
+    assert np.all(curve[(freq > 1 / N) & (freq < k0 - 1 / N)] > 0.999)
+    assert np.all(np.abs(curve[freq > k0 + 1 / N]) < 0.1)
+    assert fsc_resolution(freq, curve) == pytest.approx(16.0, rel=0.05)  # between planes 3/64 (kept) and 4/64
+
+
+def test_fsc_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="shapes differ"):
+        fsc(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)))
