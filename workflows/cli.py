@@ -270,21 +270,24 @@ def train_cmd(input_url: str, model_dir: str, factor: str, region: str | None, r
 @click.option("--factor", "-r", required=True, help="Z factor the model is trained for (any factor works later).")
 @click.option("--isotropic", is_flag=True,
               help="VOLUME is real isotropic ground truth: also train along Z (Sup-DGEAN).")
+@click.option("--lateral", is_flag=True,
+              help="VOLUME is the anisotropic stack itself: train on its own Y/X sequences, without Stage I-II "
+                   "(the naive lateral baseline).")
 @click.option("--steps", type=int, default=None, help="Training steps [default: the recipe's].")
 @click.option("--config", "recipe", default="default", show_default=True, metavar="tiny|default|FILE",
               help="Recipe: model size and training settings, or a YAML/JSON file {model: ..., train: ...}.")
 @click.option("--region", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1", help="Train on this part of VOLUME.")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu].")
 @storage_opt
-def train_dgean_cmd(volume_url: str, model_dir: str, factor: str, isotropic: bool, steps: int | None, recipe: str,
-                    region: str | None, device: str | None, storage_options: str | None) -> None:
+def train_dgean_cmd(volume_url: str, model_dir: str, factor: str, isotropic: bool, lateral: bool, steps: int | None,
+                    recipe: str, region: str | None, device: str | None, storage_options: str | None) -> None:
     """Train DGEAN on a (pseudo-)isotropic VOLUME into MODEL_DIR (resumes an interrupted training)."""
     from ..pipeline.geometry import check_factor
     from .train_dgean import run_train_dgean
 
     result = run_train_dgean(volume_url, model_dir, check_factor(factor), isotropic=isotropic, config=recipe,
                              steps=steps, region=region, device=device,
-                             storage_options=parse_storage_options(storage_options))
+                             storage_options=parse_storage_options(storage_options), lateral=lateral)
     last = result["history"][-1]
     click.echo(f"isovol: trained {result['steps']} steps in {result['seconds']:.0f} s; validation PSNR "
                f"{last['psnr']:.2f} dB (cubic {last['cubic_psnr']:.2f} dB); model {model_dir} "

@@ -62,12 +62,17 @@ def set_steps(train: Any, steps: int | None) -> None:
 
 def run_train_dgean(volume_url: str, model_dir: str, factor: int, *, isotropic: bool, config: str,
                     steps: int | None, region: str | None, device: str | None,
-                    storage_options: dict[str, Any]) -> dict[str, Any]:
+                    storage_options: dict[str, Any], lateral: bool = False) -> dict[str, Any]:
+    """``lateral``: VOLUME is the anisotropic stack; train on its own Y/X sequences (the naive baseline)."""
+    if lateral and isotropic:
+        raise InputError("--lateral and --isotropic exclude each other: --lateral trains on the anisotropic stack")
     mcfg, tcfg = resolve_recipe(config)
     set_steps(tcfg, steps)
     data, source = load_training_volume(volume_url, region, storage_options)
-    log.info("training DGEAN (%s) at factor %d on %s region %s %s, %d steps", config, factor,
-             "isotropic" if isotropic else "pseudo-isotropic", strip_url(volume_url),
-             tuple(data.shape), tcfg.steps)
+    kind = "isotropic" if isotropic else "anisotropic (lateral Y/X windows)" if lateral else "pseudo-isotropic"
+    log.info("training DGEAN (%s) at factor %d on %s region %s %s, %d steps", config, factor, kind,
+             strip_url(volume_url), tuple(data.shape), tcfg.steps)
+    if lateral:
+        source["sampling"] = "lateral"
     return train_dgean(data, model_dir, factor, isotropic=isotropic, model_config=mcfg, train=tcfg,
-                       device=device, source=source, log=log.info)
+                       device=device, source=source, log=log.info, lateral=lateral)

@@ -142,14 +142,21 @@ def evaluate(model: torch.nn.Module, batches: list, loss_fn: DGEANLoss, amp: boo
 
 def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: bool, model_config: DGEANConfig,
                 train: TrainConfig, device: str | None = None, source: dict[str, Any] | None = None,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or resume training) and leave a loadable model in ``model_dir``; returns the final record."""
+                log: Callable[[str], None] = print, lateral: bool = False) -> dict[str, Any]:
+    """Train (or resume training) and leave a loadable model in ``model_dir``; returns the final record.
+
+    ``lateral=True``: ``volume`` is the anisotropic stack itself and windows run along its Y and X (the naive
+    lateral baseline, see windows.py)."""
+    if lateral and isotropic:
+        raise InputError("lateral training takes the anisotropic stack; it cannot also be isotropic ground truth")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     amp = device.startswith("cuda")
     os.makedirs(model_dir, exist_ok=True)
     identity = {"kind": "dgean", "factor": factor, "isotropic": isotropic, "model": model_config.to_dict(),
                 "train": asdict(train), "normalization": {"scale": data_scale(volume.dtype)},
                 "source": source or {}}
+    if lateral:
+        identity["sampling"] = "lateral"  # absent for (pseudo-)isotropic training, so older models still resume
     torch.manual_seed(train.seed)
     model = build_dgean(model_config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=(0.9, train.beta2))
@@ -157,7 +164,7 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
     axes = ("z", "y", "x") if isotropic else ("y", "x")
     try:
         sampler = WindowSampler(volume, factor, train.patch, axes, identity["normalization"]["scale"], device,
-                                holdout=train.holdout, seed=train.seed + step)
+                                holdout=train.holdout, seed=train.seed + step, lateral=lateral)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     perceptual = load_lpips(train.lpips).to(device) if train.lpips else None
@@ -221,7 +228,7 @@ def _resume(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, op
             raise InputError(f"{model_dir} holds files but no {CONFIG}; use an empty directory")
         return 0, []
     saved = load_json(cfg_path, "model directory")
-    changed = sorted(k for k in identity if saved.get(k) != identity[k] and k != "train")
+    changed = sorted(k for k in set(identity) | {"sampling"} if saved.get(k) != identity.get(k) and k != "train")
     train_changed = sorted(k for k in identity["train"] if saved.get("train", {}).get(k) != identity["train"][k]
                            and k not in ("steps", "max_minutes"))
     if changed or train_changed:

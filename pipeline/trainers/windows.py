@@ -3,7 +3,13 @@
 On a (pseudo-)isotropic volume any axis can play "Z". D2R trains along the lateral axes (Y and X) of the
 pseudo-isotropic volume, whose sequences look like what a Z sequence of a truly isotropic volume would;
 with real isotropic ground truth ("Sup-DGEAN") Z itself is used too.  Flips, 90-degree rotations and
-reversal of the sequence are applied on the fly.  Validation windows come from a held-out slab (the last
+reversal of the sequence are applied on the fly.
+
+``lateral=True`` is the naive lateral baseline: the volume is the *anisotropic* stack itself, and windows run
+along Y and X of its XY slices (rows and columns are sampled at the fine pitch, so every r-th of them and the
+ones between are a training pair).  Each window slice is then a (Z, X) or (Z, Y) plane with coarse Z, so the
+patch is ``min(patch, nz)`` by ``patch`` and never transposed; the gap between those planes and the fine XY
+planes seen at inference is what makes the baseline naive.  Validation windows come from a held-out slab (the last
 fraction of the patch's second in-plane axis), which training windows never touch.
 """
 
@@ -34,10 +40,16 @@ class WindowSampler:
     """
 
     def __init__(self, volume: np.ndarray | torch.Tensor, factor: int, patch: int, axes: tuple[str, ...],
-                 scale: float, device: str | torch.device = "cpu", holdout: float = 0.15, seed: int = 0):
+                 scale: float, device: str | torch.device = "cpu", holdout: float = 0.15, seed: int = 0,
+                 lateral: bool = False):
         vol = torch.as_tensor(np.ascontiguousarray(volume)) if isinstance(volume, np.ndarray) else volume
         vol = vol.to(device)
         self.factor, self.patch, self.scale = factor, patch, float(scale)
+        self.lateral = lateral
+        if lateral and (set(axes) - {"y", "x"} or vol.shape[0] < 2):
+            raise ValueError(f"lateral windows run along y/x of a stack of at least 2 slices, got axes {axes} "
+                             f"and shape {tuple(vol.shape)}")
+        self.rows = min(patch, vol.shape[0]) if lateral else patch  # window slice height (coarse Z if lateral)
         self.device = torch.device(device)
         self.gen = np.random.default_rng(seed)
         held = max(int(math.ceil(vol.shape[2] * holdout)), patch)  # at least one patch wide
@@ -52,15 +64,15 @@ class WindowSampler:
 
     def _fits(self, vol: torch.Tensor, axis: str) -> bool:
         n, h, w = (vol.shape[i] for i in AXES[axis])
-        return n >= 3 * self.factor + 1 and min(h, w) >= self.patch
+        return n >= 3 * self.factor + 1 and h >= self.rows and w >= self.patch
 
     def _one(self, axis: str, valid: bool, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         view = self.parts[valid].permute(*AXES[axis])
         n, h, w = view.shape
-        r, p = self.factor, self.patch
+        r, p, q = self.factor, self.patch, self.rows
         s0 = int(rng.integers(0, n - 3 * r))
-        y0, x0 = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
-        seq = view[s0 : s0 + 3 * r + 1, y0 : y0 + p, x0 : x0 + p]
+        y0, x0 = int(rng.integers(0, h - q + 1)), int(rng.integers(0, w - p + 1))
+        seq = view[s0 : s0 + 3 * r + 1, y0 : y0 + q, x0 : x0 + p]
         if not valid:
             if rng.random() < 0.5:
                 seq = seq.flip(0)  # a sequence read backwards is as valid as forwards
@@ -68,7 +80,7 @@ class WindowSampler:
                 seq = seq.flip(1)
             if rng.random() < 0.5:
                 seq = seq.flip(2)
-            if rng.random() < 0.5:
+            if not self.lateral and rng.random() < 0.5:  # lateral planes are anisotropic: never transposed
                 seq = seq.transpose(1, 2)
         return seq[0 : 3 * r + 1 : r], seq[r + 1 : 2 * r]  # offsets -1, 0, 1, 2; the slices between 0 and 1
 

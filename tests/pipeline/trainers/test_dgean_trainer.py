@@ -193,3 +193,21 @@ def test_recipes_by_name_and_from_a_file(tmp_path):
         resolve_recipe(str(spec))
     with pytest.raises(InputError, match="neither a recipe"):
         resolve_recipe(str(tmp_path / "nothing.yaml"))
+
+
+def test_lateral_training_on_the_anisotropic_stack(tmp_path, crop):
+    """The naive lateral baseline: the decimated stack itself, windows along its Y/X; the model's identity says
+    so, and the same directory refuses pseudo-isotropic training."""
+    stack = np.ascontiguousarray(crop[::FACTOR, :64, :64])  # (33, 64, 64): coarse Z, fine Y/X
+    mcfg, tcfg = recipe(steps=6, val_every=3, ckpt_every=3, val_windows=4)
+    result = train_dgean(stack, str(tmp_path / "m"), FACTOR, isotropic=False, model_config=mcfg, train=tcfg,
+                         device="cpu", log=lambda _: None, lateral=True)
+    assert result["steps"] == 6 and np.isfinite(result["history"][-1]["psnr"])
+    with open(tmp_path / "m" / "config.json") as f:
+        assert json.load(f)["sampling"] == "lateral"
+    with pytest.raises(InputError, match="other settings"):
+        train_dgean(stack, str(tmp_path / "m"), FACTOR, isotropic=False, model_config=mcfg, train=tcfg,
+                    device="cpu", log=lambda _: None)
+    with pytest.raises(InputError, match="cannot also be isotropic"):
+        train_dgean(stack, str(tmp_path / "n"), FACTOR, isotropic=True, model_config=mcfg, train=tcfg,
+                    device="cpu", log=lambda _: None, lateral=True)

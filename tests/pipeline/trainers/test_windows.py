@@ -160,3 +160,40 @@ def test_too_small_volume_is_refused(coords, shape, axes, factor, patch):
     volume = coords[: shape[0], : shape[1], : shape[2]]
     with pytest.raises(ValueError, match="holds no"):
         WindowSampler(volume, factor, patch, axes, scale=1.0)
+
+
+# -- the naive lateral baseline: windows along Y/X of the anisotropic stack itself -------------------------
+
+ANISO = (6, 48, 64)  # a stack of 6 coarse slices: rows and columns are at the fine pitch
+
+
+@pytest.fixture(scope="module")
+def stack() -> np.ndarray:
+    z, y, x = np.meshgrid(*(np.arange(n) for n in ANISO), indexing="ij")
+    return (z * 10_000 + y * 100 + x).astype(np.int32)
+
+
+def test_lateral_windows_are_y_x_sequences_of_whole_coarse_planes(stack):
+    s = sampler(stack, axes=("y", "x"), lateral=True)
+    seen = set()
+    for batch in s.validation_set(32, 8):
+        assert batch.window.shape == (8, 1, 4, ANISO[0], P) and batch.target.shape == (8, R - 1, ANISO[0], P)
+        for w, t in zip(batch.window[:, 0], batch.target):
+            axis, s0, step, r0, c0 = locate(w)
+            seen.add(axis)
+            assert step == R and r0 == 0  # every plane holds all coarse Z slices
+            for k in range(4):
+                np.testing.assert_array_equal(w[k].numpy(), direct(stack, axis, s0 + k * R, 0, c0)[:, :P])
+            for k in range(1, R):
+                np.testing.assert_array_equal(t[k - 1].numpy(), direct(stack, axis, s0 + R + k, 0, c0)[:, :P])
+    assert seen == {"y", "x"}
+    for _ in range(4):  # augmented: flipped, never transposed (Z stays the rows)
+        b = s.sample(8)
+        z = decode(b.window)[0]
+        assert np.all(np.unique(z, axis=-1).shape[-1] == 1)  # constant along each row: rows are Z
+        assert sorted(np.unique(z)) == list(range(ANISO[0]))
+
+
+def test_lateral_refuses_z_sequences(stack):
+    with pytest.raises(ValueError, match="lateral windows run along y/x"):
+        sampler(stack, axes=("z", "y", "x"), lateral=True)
