@@ -13,8 +13,10 @@ only through context beyond the margin (measured: at most 1 grey level, far belo
 tested).  A blending window would hide seams but make every voxel depend on which tiles a block happened to
 cut, which is what the crop avoids.
 
-The model loads lazily, once per process that holds the method (the executor ships the method to each
-worker once), runs bf16 autocast on CUDA and fp32 on CPU.
+The model loads once per worker (the worker plugin's model cache, ``pipeline/methods/cache.py``), else lazily
+once per copy of the method; it runs bf16 autocast on CUDA and fp32 on CPU.  Everything around the model --
+gathering the 4-slice windows, uint8 -> float, batching, rounding and casting back -- runs in torch on the
+model's device, so a GPU worker copies each block over once and back once and the CPU stays free for I/O.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, load_tensors
 from ..errors import InputError
 from .base import Halo, Method, cast_like
+from .cache import shared_model
 
 #: the network halves Y/X four times: it is shift-equivariant for shifts that are multiples of this
 ALIGN = 16
@@ -42,7 +45,7 @@ class DGEANMethod(Method):
     working_bytes_per_voxel = 16
 
     def __init__(self, model_dir: str, *, device: str | None = None, tile: int | None = None, margin: int = 32,
-                 windows_per_batch: int = 4, precision: str = "auto"):
+                 windows_per_batch: int | None = None, precision: str = "auto", memory_fraction: float = 0.5):
         if not os.path.isdir(model_dir):
             raise InputError(f"model directory not found: {model_dir}")
         self.model_dir = os.path.abspath(model_dir)
@@ -60,8 +63,14 @@ class DGEANMethod(Method):
         self.device = device
         self.tile = tile
         self.margin = margin
-        self.windows_per_batch = windows_per_batch
+        if windows_per_batch is not None and windows_per_batch < 1:
+            raise InputError(f"windows_per_batch must be >= 1, got {windows_per_batch}")
+        if not 0 < memory_fraction <= 1:
+            raise InputError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
+        self.windows_per_batch = windows_per_batch  # None: 4 on CPU, from free memory on CUDA
+        self.memory_fraction = memory_fraction
         self.precision = precision
+        self._batch_cap: dict[tuple[int, int, int], int] = {}
         # context: the margin, up to 15 px to pull a tile back onto the 16-grid, and up to 15 px to round the
         # tile's size up to a multiple of 16
         self.halo = Halo(z=1, y=margin + 2 * ALIGN, x=margin + 2 * ALIGN)
@@ -71,6 +80,7 @@ class DGEANMethod(Method):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_model"] = None
+        state["_batch_cap"] = {}
         return state
 
     def _device(self) -> str:
@@ -112,12 +122,20 @@ class DGEANMethod(Method):
             model.load_state_dict(state)
         return model.eval()
 
+    def _load(self):
+        if file_sha256(os.path.join(self.model_dir, WEIGHTS)) != self.model_hash:
+            raise InputError(f"{self.model_dir}: weights changed since the run started")
+        return self._build().to(self._device())
+
     @property
     def model(self):
+        """On a worker with the isovol plugin: the worker's cached copy (loaded once for all blocks and runs);
+        elsewhere: loaded lazily, once per copy of this method."""
+        shared = shared_model(("dgean", self.model_dir, self.model_hash, self._device()), self._load)
+        if shared is not None:
+            return shared
         if self._model is None:
-            if file_sha256(os.path.join(self.model_dir, WEIGHTS)) != self.model_hash:
-                raise InputError(f"{self.model_dir}: weights changed since the run started")
-            self._model = self._build().to(self._device())
+            self._model = self._load()
         return self._model
 
     def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
@@ -134,48 +152,195 @@ class DGEANMethod(Method):
 
     def apply_at(self, data: np.ndarray, factor: int, start: int, stop: int,
                  origin: tuple[int, int, int]) -> np.ndarray:
+        """All on the model's device: the block goes over once (pinned, asynchronous on CUDA), windows are
+        gathered, converted to float, batched, and their predictions rounded and cast there; one copy comes
+        back.  The arithmetic is the one of the former numpy path (``x.astype(float32) / scale``; clamp to
+        [0, 1], ``* scale``, round half to even, clip, cast), so CPU output is bit-identical to it (tested)."""
         import torch
 
         m, hy = self.margin, self.halo.y
         zin, yh, xh = data.shape
         ny, nx = yh - 2 * hy, xh - 2 * hy
-        out = np.empty((stop - start, ny, nx), dtype=data.dtype)
         js = np.arange(start, stop)
-        for j in js[js % factor == 0]:
-            out[j - start] = data[j // factor, hy : hy + ny, hy : hy + nx]
+        kept = js[js % factor == 0]
         windows = sorted({int(j // factor) for j in js[js % factor != 0]})
         if not windows:
+            out = np.empty((stop - start, ny, nx), dtype=data.dtype)
+            for j in kept:
+                out[j - start] = data[j // factor, hy : hy + ny, hy : hy + nx]
             return out
+        dev = torch.device(self._device())
+        cuda = dev.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # tile shapes repeat block after block: autotune once each
         scale = _scale(data.dtype)
-        dev = self._device()
-        depths = torch.arange(1, factor, dtype=torch.float32, device=dev) / factor
         model = self.model
+        src = _to_device(data, dev)
+        result_dtype = _DEVICE_RESULT.get(np.dtype(data.dtype))  # None: float32 comes back, cast on the host
+        out_dev = torch.zeros((stop - start, ny, nx), device=dev,  # zeros: kept slices come from the input
+                              dtype=result_dtype if result_dtype is not None else torch.float32)
+        depths = torch.arange(1, factor, dtype=torch.float32, device=dev) / factor
+        offsets = torch.arange(-1, 3, device=dev)
         gy0, gx0 = origin[1] + hy, origin[2] + hy  # global position of the first core voxel
-        for ya, yb in self._segments(gy0, ny):
-            for xa, xb in self._segments(gx0, nx):
-                # tile input in local coordinates: the segment plus the margin, its size a multiple of 16
-                ly0, lx0 = ya - m - origin[1], xa - m - origin[2]
-                ly1 = ly0 + _round_up(yb - ya + 2 * m, ALIGN)
-                lx1 = lx0 + _round_up(xb - xa + 2 * m, ALIGN)
-                # the part of the segment that belongs to this block, in core coordinates
-                cy0, cy1 = max(ya, gy0) - gy0, min(yb, gy0 + ny) - gy0
-                cx0, cx1 = max(xa, gx0) - gx0, min(xb, gx0 + nx) - gx0
-                oy, ox = max(ya, gy0) - ya + m, max(xa, gx0) - xa + m  # its offset inside the tile
-                for b0 in range(0, len(windows), self.windows_per_batch):
-                    batch = windows[b0 : b0 + self.windows_per_batch]
-                    stack = np.stack([data[i - 1 : i + 3, ly0:ly1, lx0:lx1] for i in batch])
-                    x = torch.from_numpy(stack.astype(np.float32) / scale).unsqueeze(1).to(dev)
-                    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._amp()):
-                        pred = model(x, depths)
-                    pred = pred.float()[:, :, oy : oy + cy1 - cy0, ox : ox + cx1 - cx0]
-                    pred = pred.clamp_(0, 1).mul_(scale).cpu().numpy()
-                    for w, i in enumerate(batch):
-                        for k in range(1, factor):
-                            j = i * factor + k
-                            if start <= j < stop:
-                                out[j - start, cy0:cy1, cx0:cx1] = cast_like(pred[w, k - 1], data.dtype)
+        with torch.inference_mode():
+            for ya, yb in self._segments(gy0, ny):
+                for xa, xb in self._segments(gx0, nx):
+                    # tile input in local coordinates: the segment plus the margin, its size a multiple of 16
+                    ly0, lx0 = ya - m - origin[1], xa - m - origin[2]
+                    ly1 = ly0 + _round_up(yb - ya + 2 * m, ALIGN)
+                    lx1 = lx0 + _round_up(xb - xa + 2 * m, ALIGN)
+                    # the part of the segment that belongs to this block, in core coordinates
+                    cy0, cy1 = max(ya, gy0) - gy0, min(yb, gy0 + ny) - gy0
+                    cx0, cx1 = max(xa, gx0) - gx0, min(xb, gx0 + nx) - gx0
+                    oy, ox = max(ya, gy0) - ya + m, max(xa, gx0) - xa + m  # its offset inside the tile
+                    tile = src[:, ly0:ly1, lx0:lx1]
+                    per_batch = self._batch(dev, ly1 - ly0, lx1 - lx0, factor - 1)
+                    b0 = 0
+                    while b0 < len(windows):
+                        batch = windows[b0 : b0 + per_batch]
+                        idx = torch.tensor(batch, device=dev)[:, None] + offsets  # (B, 4) input slices
+                        x = tile[idx].float().div_(scale).unsqueeze(1)  # (B, 1, 4, H, W)
+                        try:
+                            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._amp()):
+                                pred = model(x, depths)
+                        except torch.cuda.OutOfMemoryError:
+                            if per_batch == 1:
+                                raise
+                            per_batch = max(1, per_batch // 2)  # the estimate was too generous: halve, retry
+                            self._batch_cap[(ly1 - ly0, lx1 - lx0, factor - 1)] = per_batch
+                            del x
+                            torch.cuda.empty_cache()
+                            continue
+                        pred = pred.float()[:, :, oy : oy + cy1 - cy0, ox : ox + cx1 - cx0]
+                        pred = pred.clamp_(0, 1).mul_(scale)
+                        if result_dtype is not None:  # integers exact in float32: round and clip here
+                            info = np.iinfo(data.dtype)
+                            pred = pred.round_().clamp_(info.min, info.max).to(result_dtype)
+                        for w, i in enumerate(batch):
+                            # output slices i*r+1 .. i*r+r-1 that fall in [start, stop)
+                            k0, k1 = max(1, start - i * factor), min(factor - 1, stop - 1 - i * factor)
+                            if k0 <= k1:
+                                j0 = i * factor + k0 - start
+                                out_dev[j0 : j0 + k1 - k0 + 1, cy0:cy1, cx0:cx1] = pred[w, k0 - 1 : k1]
+                        b0 += len(batch)
+        out = _to_host(out_dev)
+        if result_dtype is None:
+            out = cast_like(out, data.dtype)
+        for j in kept:
+            out[j - start] = data[j // factor, hy : hy + ny, hy : hy + nx]
         return out
 
+    def _batch(self, dev: Any, h: int, w: int, n_depths: int) -> int:
+        """Windows per model call: ``windows_per_batch`` if given; on CPU 4; on CUDA as many as fit in a share
+        of the free memory (``batch_for_memory``), lowered for good if a call ran out of memory."""
+        if self.windows_per_batch is not None:
+            return max(1, int(self.windows_per_batch))
+        if dev.type != "cuda":
+            return CPU_WINDOWS_PER_BATCH
+        key = (h, w, n_depths)
+        if key not in self._batch_cap:
+            per_window = window_bytes(self.spec["model"], h, w, n_depths)
+            self._batch_cap[key] = batch_for_memory(per_window, dev, fraction=self.memory_fraction)
+        return self._batch_cap[key]
 
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
+
+
+#: windows per model call on CPU: small, fixed (the result does not depend on it, and it bounds memory)
+CPU_WINDOWS_PER_BATCH = 4
+#: most windows per model call on a GPU, however much memory is free (beyond this nothing gets faster)
+MAX_WINDOWS_PER_BATCH = 32
+#: integer dtypes whose every value float32 holds exactly: rounded and cast on the device; other dtypes come back
+#: as float32 and go through ``cast_like`` on the host, as before
+_DEVICE_RESULT_NAMES = {np.dtype(np.uint8): "uint8", np.dtype(np.int8): "int8", np.dtype(np.int16): "int16"}
+_DEVICE_RESULT: dict[np.dtype, Any] = {}
+#: dtypes torch holds natively (others are converted to float32 on the host, exactly as ``astype`` did)
+_TORCH_NATIVE = {np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32,
+                                       np.float64)}
+
+
+def _torch_dtypes() -> None:
+    import torch
+
+    if not _DEVICE_RESULT:
+        _DEVICE_RESULT.update({k: getattr(torch, v) for k, v in _DEVICE_RESULT_NAMES.items()})
+
+
+def _to_device(data: np.ndarray, dev: Any) -> Any:
+    """The block on ``dev``: through pinned memory with an asynchronous copy on CUDA."""
+    import torch
+
+    _torch_dtypes()
+    host = np.ascontiguousarray(data if np.dtype(data.dtype) in _TORCH_NATIVE else data.astype(np.float32))
+    t = torch.from_numpy(host)
+    if dev.type == "cuda":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
+
+
+def _to_host(t: Any) -> np.ndarray:
+    """One copy back: into pinned memory, asynchronously, then wait for it (CUDA); a view on CPU."""
+    import torch
+
+    if t.device.type == "cuda":
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()
+        return host.numpy()
+    return t.cpu().numpy()
+
+
+#: the per-window working memory estimate (``window_bytes``) is scaled by this for what it does not see:
+#: allocator rounding and fragmentation, cuDNN workspaces, the autocast copies of the weights
+WINDOW_BYTES_SAFETY = 1.5
+_WINDOW_BYTES_PER_PIXEL: dict[tuple[str, int], float] = {}
+
+
+def window_bytes(model_spec: dict[str, Any], h: int, w: int, n_depths: int) -> int:
+    """Estimated device memory of one 4-slice window of h x w pixels decoded at ``n_depths`` depths.
+
+    Measured once per (model config, depths) on a 32 x 32 probe on the CPU, with forward hooks: the encoder's
+    outputs (the decoder's skips, all alive at once) plus the largest input + output of any single layer, at
+    4 bytes per value (fp32; bf16 halves most of it, so this errs on the safe side), times
+    ``WINDOW_BYTES_SAFETY``.  Every layer is convolutional, so the figure scales with h * w.
+    """
+    import json
+
+    import torch
+
+    from ..models.dgean import build_dgean
+
+    key = (json.dumps(model_spec, sort_keys=True), n_depths)
+    if key not in _WINDOW_BYTES_PER_PIXEL:
+        probe = 32
+        model = build_dgean(model_spec).eval()
+        peak = [0]
+
+        def hook(mod: Any, inp: tuple, out: Any) -> None:
+            size = sum(t.numel() for t in inp if torch.is_tensor(t)) + (out.numel() if torch.is_tensor(out) else 0)
+            peak[0] = max(peak[0], size)
+
+        handles = [mod.register_forward_hook(hook) for mod in model.modules() if not list(mod.children())]
+        try:
+            with torch.inference_mode():
+                x = torch.zeros(1, 1, 4, probe, probe)
+                feats = model.encode(x)
+                skips = sum(f.numel() for f in feats) if isinstance(feats, (list, tuple)) else feats.numel()
+                model.decode(feats, x, torch.full((n_depths,), 0.5))
+        finally:
+            for hnd in handles:
+                hnd.remove()
+        _WINDOW_BYTES_PER_PIXEL[key] = 4.0 * (skips + peak[0]) * WINDOW_BYTES_SAFETY / (probe * probe)
+    return int(_WINDOW_BYTES_PER_PIXEL[key] * h * w)
+
+
+def batch_for_memory(per_window: int, device: Any = "cuda", *, fraction: float = 0.5,
+                     limit: int = MAX_WINDOWS_PER_BATCH) -> int:
+    """Windows per model call that fit in ``fraction`` of the device's free memory (``torch.cuda.mem_get_info``),
+    between 1 and ``limit``.  The rest of the free memory stays for the block's buffers, the allocator's slack and
+    whatever else shares the GPU."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(max(1, min(limit, (free * fraction) // max(1, per_window))))
