@@ -152,6 +152,9 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
 
 
 def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: UpsampleRequest) -> Summary:
+    from ..deploy.plugins import register
+
+    register(client)  # models load once per worker and stay for later runs on this cluster (idempotent)
     return execute(client, ctx, todo, total=len(plan), skipped=len(plan) - len(todo), retries=req.retries,
                    timeout=req.block_timeout, progress=req.progress)
 
