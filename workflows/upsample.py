@@ -73,6 +73,7 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         raise InputError(f"{strip_url(req.input)} has {vol.shape[0]} Z slice(s); at least 2 are needed")
     if vol.voxel_size is None:
         raise InputError(f"{strip_url(req.input)} carries no voxel size; pass --voxel-size Z,Y,X (nm)")
+    method.check_input(vol.dtype)
     block_shape = req.block_shape or method.preferred_block_shape(output_shape(vol.shape, factor))
     plan = BlockPlan.build(vol.shape, factor, method.halo, block_shape=block_shape,
                            shard_shape=req.shard_shape, chunk_shape=req.chunk_shape,

@@ -47,6 +47,9 @@ class Method(ABC):
     def check_factor(self, factor: int) -> None:  # noqa: B027 - a hook: most methods serve any factor
         """Refuse (InputError) a factor this method cannot serve, before any output is created."""
 
+    def check_input(self, dtype: np.dtype) -> None:  # noqa: B027 - a hook: most methods serve any dtype
+        """Refuse (InputError) an input dtype this method cannot serve, before any output is created."""
+
     def apply_at(self, data: np.ndarray, factor: int, start: int, stop: int,
                  origin: tuple[int, int, int]) -> np.ndarray:
         """``apply`` for a stack whose first voxel sits at global input index ``origin`` (z, y, x; may be

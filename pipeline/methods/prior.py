@@ -125,6 +125,17 @@ class PriorRecovery(Method):
             raise InputError(f"the prior in {self.prior_dir} was trained at factor {self.factor}, not {factor}: "
                              f"train one at this factor with `isovol train-prior`")
 
+    def check_input(self, dtype: np.dtype) -> None:
+        """A prior trained on one integer range restores garbage on another (uint16 values scaled by 255)."""
+        dtype = np.dtype(dtype)
+        norm = self.spec.get("normalization", {"offset": 0.0, "scale": 255.0})
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            if float(norm["offset"]) != 0.0 or float(norm["scale"]) != float(info.max):
+                raise InputError(f"the prior in {self.prior_dir} was trained on values {norm['offset']:g}.."
+                                 f"{norm['offset'] + norm['scale']:g}, the input is {dtype} (0..{info.max}): "
+                                 f"train a prior on data of this type")
+
     # -- the work ----------------------------------------------------------------------------------------
     def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
         h = self.halo

@@ -346,3 +346,15 @@ def test_bad_api_requests_raise_input_error_and_create_nothing(tmp_path, client,
     with pytest.raises(InputError, match=match):
         upsample(req, client=client)
     assert not out.exists()
+
+
+def test_a_uint16_input_on_a_uint8_prior_is_refused_before_the_output(tmp_path, client, volume, prior_dir):
+    """The prior divides by the range it was trained on: uint16 values would reach the net as 0..257."""
+    src = tmp_path / "u16.ome.zarr"
+    write_image(str(src), volume.astype(np.uint16) * 257, VOXEL)
+    out = tmp_path / "out.ome.zarr"
+    req = UpsampleRequest(input=str(src), output=str(out), factor=R, method="d2r-recover", model=prior_dir,
+                          method_options=dict(OPTS), progress=False)
+    with pytest.raises(InputError, match=r"trained on values 0\.\.255, the input is uint16"):
+        upsample(req, client=client)
+    assert not out.exists()
