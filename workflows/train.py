@@ -127,6 +127,10 @@ def resolve(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     if rec["sampler"] not in ("reference", "posterior", "fast") or rec["fusion"] not in ("mean", "geometric"):
         raise InputError(f"recipe recover: sampler must be reference|posterior|fast and fusion mean|geometric, "
                          f"got {rec['sampler']!r}, {rec['fusion']!r}")
+    start = rec["t_start"] or (sde["T"] // 2 if rec["sampler"] == "fast" else sde["T"])
+    if prior_train.t_max is not None and start > prior_train.t_max:
+        raise InputError(f"recipe: recover starts at t={start} but the prior trains on t <= {prior_train.t_max} "
+                         f"only; set recover.t_start <= prior.train.t_max")
     norm = {"prior": {"model": prior_model.to_dict(), "sde": sde, "train": asdict(prior_train)},
             "recover": rec,
             "dgean": {"model": dgean_model.to_dict(), "train": asdict(dgean_train)}}

@@ -74,6 +74,7 @@ class PriorTrainConfig:
     noise_gaussian: float = 0.0
     seed: int = 0
     max_minutes: float | None = None  # wall-clock budget: stop (and checkpoint) when it runs out
+    t_max: int | None = None  # train on timesteps 1..t_max only (None: all of 1..T); see validation_set
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriorTrainConfig:
@@ -224,7 +225,7 @@ def validation_set(sampler: PatchSampler, factor: int, cfg: PriorTrainConfig, T:
     x0 = sampler.sample(max(cfg.val_patches, cfg.val_restore, 1), valid=True, rng=rng)
     mu = degrade_rows(x0, factor)
     k = max(1, cfg.val_timesteps)
-    ts = torch.linspace(1, T, k).round().long().to(device)
+    ts = torch.linspace(1, cfg.t_max or T, k).round().long().to(device)
     t = ts.repeat_interleave(x0.shape[0])
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((x0.shape[0] * k,) + tuple(x0.shape[1:]), generator=g).to(device)
@@ -257,8 +258,10 @@ class EMA:
 
 
 @torch.no_grad()
-def evaluate(sde: Any, net: torch.nn.Module, val: ValidationSet, batch: int, amp: bool, seed: int) -> dict[str, float]:
-    """ML loss on the fixed held-out set, and PSNR of a fast-sampler restoration next to that of mu (cubic)."""
+def evaluate(sde: Any, net: torch.nn.Module, val: ValidationSet, batch: int, amp: bool, seed: int,
+             t_max: int | None = None) -> dict[str, float]:
+    """ML loss on the fixed held-out set, and PSNR of a fast-sampler restoration next to that of mu (cubic);
+    a prior trained on 1..t_max is restored from min(T / 2, t_max), where it has learnt."""
     from ..samplers import sample, seeded_noise
 
     net.eval()
@@ -274,7 +277,9 @@ def evaluate(sde: Any, net: torch.nn.Module, val: ValidationSet, batch: int, amp
     if val.restore:
         m, truth = val.mu[: val.restore], val.x0[: val.restore]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            pred = sample(sde, net, m, sampler="fast", noise=seeded_noise(seed, device=m.device))
+            t_start = None if t_max is None else min(sde.T // 2, t_max)
+            pred = sample(sde, net, m, sampler="fast", noise=seeded_noise(seed, device=m.device),
+                          steps=min(5, t_start or 5), t_start=t_start)
         out["psnr"] = psnr_batch(pred.float(), truth)
         out["cubic_psnr"] = psnr_batch(m, truth)
     return out
@@ -309,6 +314,8 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
     if train.batch < 1 or train.steps < 0 or not 0 < train.holdout < 1:
         raise InputError(f"batch must be >= 1, steps >= 0 and holdout in (0, 1), got {train.batch}, "
                          f"{train.steps}, {train.holdout}")
+    if train.t_max is not None and not 1 <= train.t_max <= sde_cfg["T"]:
+        raise InputError(f"t_max must be in [1, T={sde_cfg['T']}], got {train.t_max}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     amp = dev.type == "cuda"
@@ -341,7 +348,7 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
     val_seed = train.seed + 4242
 
     def validate() -> dict[str, Any]:
-        return {"step": step, **evaluate(sdeobj, ema.model, val, train.batch, amp, val_seed)}
+        return {"step": step, **evaluate(sdeobj, ema.model, val, train.batch, amp, val_seed, train.t_max)}
 
     if not history:
         history.append(validate())
@@ -361,7 +368,7 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
         x0 = sampler.sample(train.batch)
         cond = add_noise(x0, train.noise_poisson, train.noise_gaussian, noise_rng)
         mu = degrade_rows(cond, factor)
-        t = torch.randint(1, sdeobj.T + 1, (train.batch,), device=dev)
+        t = torch.randint(1, (train.t_max or sdeobj.T) + 1, (train.batch,), device=dev)
         noise = torch.randn_like(x0)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             loss = sdeobj.loss(model, x0, mu, t, noise)

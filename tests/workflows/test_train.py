@@ -197,6 +197,9 @@ def test_bundled_recipes_resolve_and_unknown_keys_are_refused(tmp_path):
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(InputError):
             load_recipe(str(path))
+    late = {**spec, "prior": {**spec["prior"], "train": {**spec["prior"]["train"], "t_max": 20}}}
+    with pytest.raises(InputError, match="recover starts at t=25 but the prior trains on t <= 20 only"):
+        resolve(late)
 
 
 def test_cluster_options_reach_stage_two(tmp_path, source, monkeypatch):

@@ -258,3 +258,19 @@ def test_recipes_and_refusals(aniso, tmp_path):
     sampler = PatchSampler(aniso[:, :33, :], 33, 64, normalization(aniso))
     assert sampler.codes == [c for c in range(8) if not DIHEDRAL[c][0]]
     assert prior.KIND == "irsde-prior"
+
+
+def test_t_max_keeps_training_and_validation_timesteps_in_range(tmp_path, aniso, monkeypatch):
+    """A prior sampled from a truncated start never needs the timesteps above it: train on 1..t_max only."""
+    seen: list[int] = []
+    real = IRSDE.loss
+
+    def recording(self, net, x0, mu, t, noise):
+        seen.extend(int(v) for v in torch.as_tensor(t).flatten())
+        return real(self, net, x0, mu, t, noise)
+
+    monkeypatch.setattr(IRSDE, "loss", recording)
+    train(aniso, tmp_path / "prior", steps=20, val_every=20, ckpt_every=20, t_max=30)
+    assert max(seen) == 30 and min(seen) >= 1, "validation spreads over 1..t_max, training stays in it"
+    with pytest.raises(InputError, match=r"t_max must be in \[1, T=100\], got 101"):
+        train(aniso, tmp_path / "other", steps=1, t_max=101)
