@@ -108,11 +108,22 @@ class BlockPlan:
     def block(self, index: Shape3) -> Block:
         lo = tuple(i * b for i, b in zip(index, self.block_shape))
         hi = tuple(min(a + b, n) for a, b, n in zip(lo, self.block_shape, self.out_shape))
+        return self._box(index, lo, hi)  # type: ignore[arg-type]
+
+    def _box(self, index: Shape3, lo: Shape3, hi: Shape3) -> Block:
         z_lo, z_hi = input_span(lo[0], hi[0], self.factor)
         h = self.halo
         in_lo = (z_lo - h.z, lo[1] - h.y, lo[2] - h.x)
         in_hi = (z_hi + h.z, hi[1] + h.y, hi[2] + h.x)
-        return Block(tuple(index), lo, hi, in_lo, in_hi)  # type: ignore[arg-type]
+        return Block(tuple(index), tuple(lo), tuple(hi), in_lo, in_hi)  # type: ignore[arg-type]
+
+    def z_pieces(self, block: Block) -> list[Block]:
+        """``block`` cut along Z at its shard boundaries, each piece with its own input box (same key): the units
+        the executor pipelines inside one task.  Y/X stay whole, so tile grids inside a piece are the block's."""
+        step = self.shard_shape[0]
+        lo, hi = block.out_lo, block.out_hi
+        return [self._box(block.index, (z, lo[1], lo[2]), (min(z + step, hi[0]), hi[1], hi[2]))
+                for z in range(lo[0], hi[0], step)]
 
     def blocks(self) -> Iterator[Block]:
         for index in itertools.product(*(range(g) for g in self.grid)):

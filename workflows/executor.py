@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..pipeline.blocks import Block, BlockPlan
 from ..pipeline.io.omezarr import clear_shards, make_durable, open_level0
 from ..pipeline.io.readers import Volume
@@ -41,6 +43,8 @@ class BlockContext:
     output_options: dict[str, Any]
     keeper: Bookkeeper
     digest: str
+    #: pipeline the Z pieces of a block (read / compute / write overlapped) where the method allows it
+    overlap: bool = True
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -55,14 +59,32 @@ class BlockContext:
 
 
 def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
-    """Process one block end to end (runs on a worker)."""
+    """Process one block end to end (runs on a worker): every shard written and made durable, then the marker."""
     t0 = time.perf_counter()
-    data = ctx.volume.read_padded(block.in_lo, block.in_hi)
+    pieces = ctx.plan.z_pieces(block) if ctx.overlap and ctx.method.z_split_exact else [block]
+    if len(pieces) == 1:
+        _write(ctx, block, _compute(ctx, block, _read(ctx, block)))
+    else:
+        _pipeline(ctx, pieces)
+    make_durable(ctx.output_url, ctx.array, block.out_lo, block.out_hi)
+    ctx.keeper.mark_done(block.key, ctx.digest)
+    return {"key": block.key, "seconds": time.perf_counter() - t0, "voxels": int(np.prod(block.out_shape))}
+
+
+def _read(ctx: BlockContext, block: Block) -> np.ndarray:
+    return ctx.volume.read_padded(block.in_lo, block.in_hi)
+
+
+def _compute(ctx: BlockContext, block: Block, data: np.ndarray) -> np.ndarray:
     start, stop = ctx.plan.local_range(block)
     out = ctx.method.apply_at(data, ctx.plan.factor, start, stop, block.in_lo)
     if out.shape != block.out_shape:
         raise RuntimeError(f"method {ctx.method.name} returned {out.shape} for block {block.key}, "
                            f"expected {block.out_shape}")
+    return out
+
+
+def _write(ctx: BlockContext, block: Block, out: np.ndarray) -> None:
     box = tuple(slice(a, b) for a, b in zip(block.out_lo, block.out_hi))
     try:
         ctx.array[box] = out
@@ -71,9 +93,42 @@ def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
         # afresh. Never delete first: a late duplicate attempt would open a window with a marked block's shard gone.
         clear_shards(ctx.array, block.out_lo, block.out_hi)
         ctx.array[box] = out
-    make_durable(ctx.output_url, ctx.array, block.out_lo, block.out_hi)
-    ctx.keeper.mark_done(block.key, ctx.digest)
-    return {"key": block.key, "seconds": time.perf_counter() - t0, "voxels": int(out.size)}
+
+
+def _pipeline(ctx: BlockContext, pieces: list[Block]) -> None:
+    """Read, compute and write a block's Z pieces (its shards along Z) as a three-stage pipeline, so that on a
+    worker with one thread -- a GPU worker -- reading the next piece and compressing and writing the previous one
+    run while the current one computes.
+
+    Why inside one task, not across tasks: the task still owns its block from read to done marker, so retries,
+    time-outs, resume and "every shard durable before the marker" are exactly those of the serial path; nothing
+    has to guess which block a worker runs next; and a failure anywhere raises here, after the pieces in flight
+    have settled, with no marker written.  The price is one read and one write per block that do not overlap:
+    give GPU workers blocks of several shards along Z (e.g. ``--block-shape 256,1024,1024 --shard-shape
+    64,1024,1024``).  Only methods whose Z pieces give exactly the block's result (``z_split_exact``) are cut;
+    at most one piece is being read, one computed and two written at a time, so memory stays bounded by the block.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="isovol-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="isovol-write") as writer:
+        writes: deque[Any] = deque()
+        try:
+            nxt = reader.submit(_read, ctx, pieces[0])
+            for i, piece in enumerate(pieces):
+                data = nxt.result()
+                if i + 1 < len(pieces):
+                    nxt = reader.submit(_read, ctx, pieces[i + 1])
+                out = _compute(ctx, piece, data)
+                del data
+                while len(writes) >= 2:  # bound the outputs held in memory
+                    writes.popleft().result()
+                writes.append(writer.submit(_write, ctx, piece, out))
+            while writes:
+                writes.popleft().result()
+        finally:
+            for fut in writes:  # on failure: let the writes in flight settle before the task reports it
+                fut.cancel()
 
 
 def is_transient(exc: BaseException) -> bool:

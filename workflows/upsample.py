@@ -45,6 +45,7 @@ class UpsampleRequest:
     cluster: str = "local"  # deploy/clusters.py KINDS: local, local-gpu, slurm, pbs, kubernetes
     cluster_config: str | None = None  # a YAML overriding keys of deploy/<cluster>.yaml
     processes: bool = True
+    overlap: bool = True  # pipeline a block's Z shards (read / compute / write) where the method allows it
     retries: int = 2
     block_timeout: float | None = None
     progress: bool = True
@@ -140,7 +141,7 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     todo = [b for b in plan.blocks() if b.key not in done]
     log.info("%s -> %s: %d blocks, %d already done, method %s, factor %d", strip_url(req.input),
              strip_url(req.output), len(plan), len(plan) - len(todo), method.name, plan.factor)
-    ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, digest)
+    ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, digest, overlap=req.overlap)
     _set_state(keeper, "running")
     if client is None:
         with open_cluster(req.cluster, req.cluster_config, req.workers, req.scheduler,

@@ -31,6 +31,10 @@ class Method(ABC):
     halo: Halo = Halo()
     #: True when the output depends only on the input (no seed); then any block layout is bit-exact.
     deterministic: bool = True
+    #: True when computing a block's output slices in Z pieces gives exactly the whole block's result (each output
+    #: slice depends only on input slices around it, never on where the Z range starts); the executor then pipelines
+    #: a block's shards (read the next, write the previous, compute the current) inside one task.
+    z_split_exact: bool = False
     #: Hash of the model weights, or None for methods without a model.
     model_hash: str | None = None
     #: Bytes of working memory per output voxel, on top of input and output buffers (for planning).

@@ -43,6 +43,7 @@ def _scale(dtype: np.dtype) -> float:
 class DGEANMethod(Method):
     name = "dgean"
     working_bytes_per_voxel = 16
+    z_split_exact = True  # a slice comes from its own 4-slice window; tiles are cut in Y/X only
 
     def __init__(self, model_dir: str, *, device: str | None = None, tile: int | None = None, margin: int = 32,
                  windows_per_batch: int | None = None, precision: str = "auto", memory_fraction: float = 0.5):

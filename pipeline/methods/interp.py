@@ -48,6 +48,7 @@ class Interpolation(Method):
 
     KINDS = ("nearest", "linear", "cubic")
     working_bytes_per_voxel = 8
+    z_split_exact = True  # each output slice is a fixed combination of the input slices around it
 
     def __init__(self, kind: str):
         if kind not in self.KINDS:

@@ -1,6 +1,7 @@
 """Block planning: exact tiling of the output, read boxes that carry span + halo, and shape rules."""
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -155,3 +156,17 @@ def test_parse_shape():
     for bad in ("64,128", "1,2,3,4", "a,b,c", "0,1,1", "-1,2,3", "", "1.5,2,3"):
         with pytest.raises(InputError, match="--block-shape must be three positive integers"):
             parse_shape(bad, "--block-shape")
+
+
+def test_z_pieces_cut_a_block_at_its_shards_and_read_what_each_piece_needs():
+    plan = BlockPlan.build((31, 40, 50), 4, Halo(z=1, y=3, x=2), block_shape=(64, 40, 50), shard_shape=(16, 40, 50))
+    for block in plan.blocks():
+        pieces = plan.z_pieces(block)
+        assert [p.out_lo[0] for p in pieces] == list(range(block.out_lo[0], block.out_hi[0], 16))
+        assert pieces[-1].out_hi == block.out_hi and all(p.key == block.key for p in pieces)
+        for p in pieces:
+            assert p.out_lo[1:] == block.out_lo[1:] and p.out_hi[1:] == block.out_hi[1:]
+            alone = replace(plan, block_shape=(16, 40, 50)).block((p.out_lo[0] // 16, 0, 0))
+            assert (p.in_lo, p.in_hi, p.out_lo, p.out_hi) == (alone.in_lo, alone.in_hi, alone.out_lo, alone.out_hi)
+    last = plan.z_pieces(plan.block((1, 0, 0)))
+    assert [(p.out_lo[0], p.out_hi[0]) for p in last] == [(64, 80), (80, 96), (96, 112), (112, 121)]

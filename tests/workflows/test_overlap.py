@@ -1,0 +1,105 @@
+"""The executor's in-task pipeline (read the next Z piece, write the previous one, compute the current one): same
+output as the serial path and the single call, pieces really read ahead on their own thread, and a block that fails
+part-way leaves no done marker and resumes to the exact result."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import zarr
+
+from isovol.pipeline.io.omezarr import write_image
+from isovol.pipeline.methods import get_method, upsample_array
+from isovol.pipeline.methods.dgean import DGEANMethod
+from isovol.pipeline.methods.interp import Interpolation
+from isovol.pipeline.trainers.dgean import resolve_recipe, train_dgean
+from isovol.workflows import executor
+from isovol.workflows import upsample as up
+from isovol.workflows.bookkeeping import Bookkeeper
+
+R = 4
+BLOCK, SHARD = (64, 64, 64), (16, 64, 64)  # 4 Z pieces per block
+
+
+@pytest.fixture(scope="module")
+def volume(crop) -> np.ndarray:
+    return np.ascontiguousarray(crop[:121:R, :64, :96])  # (31, 64, 96) -> (121, 64, 96): 2 x 1 x 2 blocks
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, volume) -> str:
+    url = str(tmp_path_factory.mktemp("overlap") / "in.ome.zarr")
+    write_image(url, volume, (40.0, 10.0, 10.0))
+    return url
+
+
+def read(url: str) -> np.ndarray:
+    return zarr.open_array(store=url + "/0", mode="r")[...]
+
+
+def request(source: str, out, **kw) -> up.UpsampleRequest:
+    return up.UpsampleRequest(input=source, output=str(out), factor=R, block_shape=BLOCK, shard_shape=SHARD,
+                              chunk_shape=(16, 32, 32), progress=False, **kw)
+
+
+def test_pipelined_blocks_equal_serial_blocks_and_the_single_call(client, source, volume, tmp_path, monkeypatch):
+    reads: list[tuple[str, tuple[int, ...]]] = []
+    real_read = executor._read
+
+    def spy(ctx, block):  # in-process workers: they run this module's patch
+        reads.append((threading.current_thread().name, block.out_lo))
+        return real_read(ctx, block)
+
+    monkeypatch.setattr(executor, "_read", spy)
+    piped = request(source, tmp_path / "piped.ome.zarr", method="cubic")
+    assert up.upsample(piped, client=client).ok
+    assert len(reads) == 2 * 2 * 4, "every block read as its 4 Z pieces"
+    assert all(name.startswith("isovol-read") for name, _ in reads), "read ahead on the reader thread"
+    reads.clear()
+    serial = replace(piped, output=str(tmp_path / "serial.ome.zarr"), overlap=False)
+    assert up.upsample(serial, client=client).ok
+    assert len(reads) == 4 and not any(name.startswith("isovol-read") for name, _ in reads)
+    want = upsample_array(volume, R, get_method("cubic"))
+    np.testing.assert_array_equal(read(piped.output), want)
+    np.testing.assert_array_equal(read(serial.output), want)
+
+
+def test_pipelined_dgean_equals_serial_dgean(client, source, tmp_path, crop):
+    mcfg, tcfg = resolve_recipe("tiny")
+    model = str(tmp_path / "model")
+    train_dgean(crop[:64, :64, :64], model, 8, isotropic=True, model_config=replace(mcfg, out_init_scale=1.0),
+                train=replace(tcfg, steps=1, val_windows=2, val_every=1, ckpt_every=1), device="cpu",
+                log=lambda _: None)
+    opts = {"tile": 32, "margin": 16, "device": "cpu"}
+    piped = request(source, tmp_path / "piped.ome.zarr", method="dgean", model=model, method_options=opts)
+    serial = replace(piped, output=str(tmp_path / "serial.ome.zarr"), overlap=False)
+    assert up.upsample(piped, client=client).ok and up.upsample(serial, client=client).ok
+    np.testing.assert_array_equal(read(piped.output), read(serial.output))
+    assert DGEANMethod.z_split_exact
+
+
+class FailsOnThirdPiece(Interpolation):
+    """Cubic, except that the third Z piece of the first block raises."""
+
+    def apply_at(self, data, factor, start, stop, origin):
+        if tuple(origin) == (32 // R - self.halo.z, 0, 0):  # the piece of output z 32:48 in block 0.0.0
+            raise RuntimeError("simulated bug in piece 3")
+        return super().apply_at(data, factor, start, stop, origin)
+
+
+def test_a_block_failing_mid_pipeline_leaves_no_marker_and_resumes_exactly(client, source, volume, tmp_path,
+                                                                           monkeypatch):
+    out = tmp_path / "out.ome.zarr"
+    monkeypatch.setattr(up, "get_method", lambda name, model=None, **kw: FailsOnThirdPiece("cubic"))
+    summary = up.upsample(request(source, out, method="cubic"), client=client)
+    assert not summary.ok and list(summary.failed) == ["0.0.0"] and "piece 3" in summary.failed["0.0.0"]
+    assert summary.retried == 0, "a deterministic error is not retried"
+    done = Bookkeeper(str(out), {}).done_keys()
+    assert done == {"0.0.1", "1.0.0", "1.0.1"}, "the failed block has no done marker"
+    monkeypatch.undo()
+    again = up.upsample(request(source, out, method="cubic", resume=True), client=client)
+    assert again.ok and again.done == 1 and again.skipped == 3
+    np.testing.assert_array_equal(read(str(out)), upsample_array(volume, R, get_method("cubic")))
