@@ -353,9 +353,16 @@ def demo(out_dir: str, factor: int, workers: int) -> None:
 @cli.command()
 @click.argument("gt_url", metavar="GT")
 @click.option("--factor", "-r", required=True, help="Z factor to simulate: every r-th slice of GT is kept.")
-@click.option("--method", "methods", multiple=True, metavar="NAME[:MODEL_DIR]",
-              help="Method to score, repeatable: cubic, linear, nearest, dgean:MODEL_DIR (cubic is always "
-                   "included as the reference).")
+@click.option("--method", "methods", multiple=True, metavar="NAME[:MODEL_DIR|:RECIPE]",
+              help="Method to score, repeatable: cubic, linear, nearest, dgean:MODEL_DIR, and, trained here on "
+                   "the decimated input, d2r[:RECIPE] (isovol train) and naive-lateral[:RECIPE] (DGEAN on the "
+                   "input's own Y/X sequences); RECIPE: cpu-tiny|gpu-default|FILE [gpu-default]. Cubic is always "
+                   "included as the reference.")
+@click.option("--self-supervised/--no-self-supervised", default=True, show_default=True,
+              help="d2r and naive-lateral train on the decimated input only, as a user would (the protocol); "
+                   "--no-self-supervised refuses them (models trained on ground truth enter as dgean:MODEL_DIR).")
+@click.option("--device", default=None, help="torch device for the training done here [default: cuda if "
+                                              "available, else cpu].")
 @click.option("--out", "out_dir", required=True, metavar="REPORT_DIR",
               help="Folder for metrics.json, fsc.json, report.md, the figures and the work files.")
 @click.option("--labels", "labels_url", default=None, metavar="LABELS",
@@ -368,7 +375,8 @@ def demo(out_dir: str, factor: int, workers: int) -> None:
 @voxel_opt
 @storage_opt
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
-def evaluate(gt_url: str, factor: str, methods: tuple[str, ...], out_dir: str, labels_url: str | None,
+def evaluate(gt_url: str, factor: str, methods: tuple[str, ...], self_supervised: bool, device: str | None,
+             out_dir: str, labels_url: str | None,
              inception: str | None, block_shape: str | None, workers: int | None, cluster: str,
              cluster_config: str | None, voxel_size: str | None,
              storage_options: str | None, no_progress: bool) -> None:
@@ -379,7 +387,8 @@ def evaluate(gt_url: str, factor: str, methods: tuple[str, ...], out_dir: str, l
     req = EvaluateRequest(ground_truth=gt_url, factor=factor, out=out_dir, methods=list(methods),
                           voxel_size=parse_voxel_size(voxel_size),
                           storage_options=parse_storage_options(storage_options), labels=labels_url,
-                          inception=inception, workers=workers, cluster=cluster,
+                          inception=inception, self_supervised=self_supervised, device=device,
+                          workers=workers, cluster=cluster,
                           cluster_config=cluster_config, block_shape=parse_shape(block_shape, "--block-shape"),
                           progress=not no_progress)
     result = run(req)

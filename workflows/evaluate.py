@@ -55,6 +55,8 @@ class EvaluateRequest:
     storage_options: dict[str, Any] = field(default_factory=dict)
     labels: str | None = None
     inception: str | None = None
+    self_supervised: bool = True  # d2r / naive-lateral train on the decimated input only
+    device: str | None = None  # torch device of the training done here [default: cuda if available]
     workers: int | None = None
     cluster: str = "local"
     cluster_config: str | None = None
@@ -66,19 +68,43 @@ class EvaluateRequest:
 @dataclass
 class MethodSpec:
     key: str  # the name in metrics.json and the report
-    name: str
+    name: str  # the executor's method
     model: str | None = None
+    train: str | None = None  # "d2r" or "naive-lateral": trained here, on the decimated input
+    recipe: str | None = None  # the `isovol train` recipe of a trained method
+
+
+#: methods evaluate trains itself, on the decimated input only (never on the ground truth)
+TRAINED = ("d2r", "naive-lateral")
+DEFAULT_RECIPE = "gpu-default"
+
+
+def _recipe_key(recipe: str) -> str:
+    base = os.path.basename(os.path.normpath(recipe))
+    return base.rsplit(".", 1)[0] if base.endswith((".yaml", ".yml")) else base
 
 
 def parse_methods(specs: list[str]) -> list[MethodSpec]:
-    """``name`` for classical methods, ``name:MODEL_DIR`` for learned ones; cubic always first (the reference)."""
+    """``name`` for classical methods, ``name:MODEL_DIR`` for learned ones, ``d2r[:RECIPE]`` and
+    ``naive-lateral[:RECIPE]`` for the ones trained here; cubic always first (the reference)."""
+    from .train import load_recipe
+
     out: list[MethodSpec] = []
     for spec in [REFERENCE, *specs]:
         name, sep, model = spec.partition(":")
         name = name.strip()
+        if name in TRAINED:
+            recipe = model or DEFAULT_RECIPE
+            load_recipe(recipe)  # a bad recipe fails now, before any work
+            key = name if not model else f"{name}:{_recipe_key(recipe)}"
+            if any(m.key == key for m in out):
+                raise InputError(f"method {key!r} given twice")
+            out.append(MethodSpec(key, "dgean", None, train=name, recipe=recipe))
+            continue
         if name not in available():
-            raise InputError(f"unknown method {name!r} in --method {spec!r}; choose one of: {', '.join(available())}"
-                             " (learned ones as NAME:MODEL_DIR)")
+            raise InputError(f"unknown method {name!r} in --method {spec!r}; choose one of: "
+                             f"{', '.join(available() + TRAINED)} (learned ones as NAME:MODEL_DIR, trained ones as "
+                             f"d2r[:RECIPE] / naive-lateral[:RECIPE])")
         if name in CLASSICAL and sep:
             raise InputError(f"method {name!r} takes no model directory (--method {spec!r})")
         if name in LEARNED and not model:
@@ -209,6 +235,67 @@ def fsc_plot(curves: dict[str, dict[str, list[float]]], path: str, voxel_nm: flo
     img.save(path)
 
 
+# -- methods trained here, on the decimated input --------------------------------------------------------------
+
+LATERAL_STATE = "train.json"
+
+
+def train_method(spec: MethodSpec, in_url: str, low: np.ndarray, factor: int, req: EvaluateRequest) -> dict[str, Any]:
+    """Train ``spec`` on the decimated input (never the ground truth) into REPORT/models/KEY, resuming what an
+    earlier run left; returns {"model", "recipe", "trained_on", "stages_s": {stage: s}, "total_s"} with the
+    wall time of each stage (prior, recover, dgean: Stage I, II, III) summed over runs."""
+    model_dir = os.path.join(req.out, "models", _safe(spec.key))
+    trained_on = f"the decimated input ({low.shape[0]} slices, every {factor}th of the ground truth)"
+    if spec.train == "d2r":
+        from .train import STAGES, STATE, run_train
+
+        log.info("evaluate: training %s (D2R Stage I-III, recipe %s) on %s", spec.key, spec.recipe, trained_on)
+        run_train(os.path.abspath(in_url), model_dir, factor, recipe=spec.recipe or DEFAULT_RECIPE,
+                  workers=req.workers, device=req.device, processes=req.processes, cluster=req.cluster,
+                  cluster_config=req.cluster_config)
+        with open(os.path.join(model_dir, STATE)) as f:
+            stages = json.load(f)["stages"]
+        secs = {k: round(float(stages[k].get("seconds", 0.0)), 2) for k in STAGES if k in stages}
+        return {"model": model_dir, "recipe": spec.recipe, "trained_on": trained_on, "stages_s": secs,
+                "total_s": round(sum(secs.values()), 2)}
+    return _train_lateral(spec, low, factor, model_dir, trained_on, req)
+
+
+def _train_lateral(spec: MethodSpec, low: np.ndarray, factor: int, model_dir: str, trained_on: str,
+                   req: EvaluateRequest) -> dict[str, Any]:
+    """The naive lateral baseline: DGEAN on the decimated stack's own Y/X sequences, with the recipe's Stage III
+    model and training settings and no Stage I-II."""
+    from ..pipeline.trainers.dgean import train_dgean
+    from .train import load_recipe, resolve
+
+    _, raw = load_recipe(spec.recipe or DEFAULT_RECIPE)
+    _, objs = resolve(raw)
+    mcfg, tcfg = objs["dgean"]
+    state_path = os.path.join(model_dir, LATERAL_STATE)
+    state = {"seconds": 0.0, "done": False}
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+    work = os.path.join(model_dir, "dgean")
+    if not state.get("done"):
+        os.makedirs(model_dir, exist_ok=True)
+        log.info("evaluate: training %s (DGEAN on lateral Y/X windows, recipe %s, %d steps) on %s", spec.key,
+                 spec.recipe, tcfg.steps, trained_on)
+        t = time.perf_counter()
+        train_dgean(np.ascontiguousarray(low), work, factor, isotropic=False, model_config=mcfg, train=tcfg,
+                    device=req.device, source={"stage": "isovol evaluate, naive lateral", "shape": list(low.shape),
+                                               "dtype": str(low.dtype), "sampling": "lateral"},
+                    log=log.info, lateral=True)
+        state = {"seconds": state["seconds"] + time.perf_counter() - t, "done": True}
+        tmp = state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, state_path)
+    secs = {"dgean": round(float(state["seconds"]), 2)}  # Stage III alone, on lateral windows
+    return {"model": work, "recipe": spec.recipe, "trained_on": trained_on, "stages_s": secs,
+            "total_s": round(sum(secs.values()), 2)}
+
+
 # -- the run ---------------------------------------------------------------------------------------------------
 
 def _safe(key: str) -> str:
@@ -233,8 +320,12 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     if req.inception:
         raise InputError("SliceFID with --inception is not implemented in this release; leave out --inception")
     specs = parse_methods(req.methods)
+    if not req.self_supervised and any(s.train for s in specs):
+        raise InputError("d2r and naive-lateral are trained here on the decimated input only (--self-supervised); "
+                         "a model trained on ground truth enters as dgean:MODEL_DIR")
     for s in specs:  # refuse unusable methods / models before any work
-        get_method(s.name, model=s.model).check_factor(factor)
+        if not s.train:
+            get_method(s.name, model=s.model).check_factor(factor)
     vol = open_volume(req.ground_truth, req.storage_options, req.voxel_size)
     voxel = check_isotropic(vol.voxel_size, req.ground_truth)
     if vol.shape[0] < factor + 1:
@@ -254,6 +345,13 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     log.info("evaluate: ground truth %s %s at %s nm, kept every %dth slice -> input %s; compared on z in [0, %d]",
              strip_url(req.ground_truth), truth_full.shape, ",".join(f"{v:g}" for v in voxel), factor, low.shape,
              n_out - 1)
+
+    training: dict[str, dict[str, Any]] = {}
+    for s in specs:  # before the executor's cluster opens: Stage II brings its own
+        if s.train:
+            training[s.key] = train_method(s, in_url, low, factor, req)
+            s.model = training[s.key]["model"]
+            get_method(s.name, model=s.model).check_factor(factor)
 
     outputs: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
@@ -294,6 +392,8 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
             row["boundary_f1"] = boundary[s.key]["f1"]
         row["slicefid"] = None
         row["seconds"] = round(timings[s.key], 2)
+        if s.key in training:
+            row["train"] = {k: v for k, v in training[s.key].items() if k != "model"}
         metrics[s.key] = row
     ref = metrics[REFERENCE]
     for row in metrics.values():
@@ -310,7 +410,8 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     fsc_plot(curves, os.path.join(req.out, "fsc.png"), voxel_nm)
     info = {"ground_truth": strip_url(req.ground_truth), "shape": list(truth_full.shape), "voxel": list(voxel),
             "factor": factor, "compared_z": n_out, "labels": strip_url(req.labels) if req.labels else None,
-            "boundary": boundary, "z_show": z_show, "seconds": time.perf_counter() - t0}
+            "boundary": boundary, "z_show": z_show, "seconds": time.perf_counter() - t0,
+            "self_supervised": req.self_supervised}
     from .report import write_report
 
     write_report(os.path.join(req.out, "report.md"), metrics, info)

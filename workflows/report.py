@@ -51,12 +51,33 @@ def write_report(path: str, metrics: dict[str, Any], info: dict[str, Any]) -> No
         f"as {PSNR_CAP:g} dB (the cap keeps means finite). Gains are in dB over cubic interpolation, the reference. "
         f"FSC-0.5: the resolution (nm) where the Hann-windowed 3-D Fourier shell correlation with the ground "
         f"truth first falls below 0.5 (the period 1/f; Nyquist is {2 * min(voxel):g} nm). Decimation alone puts "
-        f"interpolation near {r * min(voxel):g} nm (aliasing fills each shell beyond |k_z| = 1/(2r dz)). Axial FSC-0.5: "
-        f"the same correlation over planes of constant k_z, a diagnostic of Z alone (docs/evaluate.md).",
+        f"interpolation near {r * min(voxel):g} nm (aliasing fills each shell beyond |k_z| = 1/(2r dz)). "
+        f"Axial FSC-0.5: the same correlation over planes of constant k_z, a diagnostic of Z alone "
+        f"(docs/evaluate.md).",
         "",
         "SliceFID: skipped (no Inception weights given).",
         "",
     ]
+    trained = {k: r["train"] for k, r in metrics.items() if r.get("train")}
+    if trained:
+        stages = {"prior": "Stage I prior s", "recover": "Stage II recovery s", "dgean": "Stage III DGEAN s"}
+        lines += [
+            "## Training (self-supervised)",
+            "",
+            "The methods below were trained here, **on the decimated input only** (every "
+            f"{r}th slice of the ground truth, as a user would have it), never on the ground truth. `d2r` runs "
+            "`isovol train` (Stage I lateral prior, Stage II lateral recovery, Stage III DGEAN); `naive-lateral` "
+            "trains the same Stage III network on the decimated stack's own Y/X sequences, without Stage I-II. "
+            "Models are cached under `models/` and a rerun resumes them. Wall time per stage in seconds, summed "
+            "over runs; `upsample` is the executor run that produced the scored volume.",
+            "",
+            "| method | recipe | " + " | ".join(stages.values()) + " | training total s | upsample s |",
+            "|---|---|" + "---|" * len(stages) + "---|---|",
+            *(f"| `{k}` | {t['recipe']} | " + " | ".join(f"{t['stages_s'][st]:.1f}" if st in t["stages_s"] else "–"
+                                                      for st in stages)
+              + f" | {t['total_s']:.1f} | {metrics[k]['seconds']:.1f} |" for k, t in trained.items()),
+            "",
+        ]
     if info.get("labels"):
         b = info["boundary"]
         lines += [

@@ -1,0 +1,97 @@
+"""`isovol evaluate` training d2r and naive-lateral itself, on the decimated input only: wall time per stage in
+metrics.json and the report, models cached under REPORT so a rerun resumes instead of retraining."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from isovol.pipeline.io.omezarr import write_image
+
+FACTOR = 8
+EXE = str(Path(sys.executable).with_name("isovol"))
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    # one torch thread: tiny tensors on shared cores train many times faster without OpenMP contention
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def setup(crop, tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("evaltrain")
+    gt = str(d / "gt.ome.zarr")
+    write_image(gt, np.ascontiguousarray(crop[:41, :64, :64]), (10.0, 10.0, 10.0))  # 6 slices kept at r = 8
+    recipe = yaml.safe_load(files("isovol.workflows").joinpath("recipes", "cpu-tiny.yaml").read_text())
+    recipe["prior"]["train"].update(steps=6, val_every=6, ckpt_every=6)  # a smoke test of the flow, not a model
+    recipe["dgean"]["train"].update(steps=4, val_every=4, ckpt_every=2, val_windows=4)
+    path = d / "fast.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return {"gt": gt, "recipe": str(path), "out": str(d / "report")}
+
+
+def evaluate(setup) -> subprocess.CompletedProcess:
+    return run("evaluate", setup["gt"], "--factor", FACTOR, "--method", f"d2r:{setup['recipe']}",
+               "--method", f"naive-lateral:{setup['recipe']}", "--out", setup["out"], "--workers", 2, "--device",
+               "cpu", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def first(setup) -> subprocess.CompletedProcess:
+    res = evaluate(setup)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_trained_rows_carry_wall_time_per_stage(setup, first):
+    metrics = json.load(open(os.path.join(setup["out"], "metrics.json")))
+    assert list(metrics) == ["cubic", "d2r:fast", "naive-lateral:fast"]
+    d2r, lateral = metrics["d2r:fast"]["train"], metrics["naive-lateral:fast"]["train"]
+    assert list(d2r["stages_s"]) == ["prior", "recover", "dgean"] and all(v > 0 for v in d2r["stages_s"].values())
+    assert d2r["total_s"] == pytest.approx(sum(d2r["stages_s"].values()), abs=0.02)
+    assert list(lateral["stages_s"]) == ["dgean"] and lateral["total_s"] > 0
+    for row in (d2r, lateral):
+        assert row["recipe"] == setup["recipe"] and "decimated input (6 slices" in row["trained_on"]
+    assert "train" not in metrics["cubic"]
+    md = open(os.path.join(setup["out"], "report.md")).read()
+    assert "## Training (self-supervised)" in md and "on the decimated input only" in md
+    assert "| `naive-lateral:fast` | " in md
+
+
+def test_models_were_trained_on_the_decimated_input_only(setup, first):
+    models = os.path.join(setup["out"], "models")
+    state = json.load(open(os.path.join(models, "d2r_fast", "train.json")))
+    assert state["input"]["shape"] == [6, 64, 64] and state["input"]["url"].endswith("work/input.ome.zarr")
+    config = json.load(open(os.path.join(models, "naive-lateral_fast", "dgean", "config.json")))
+    assert config["sampling"] == "lateral" and config["source"]["shape"] == [6, 64, 64]
+    assert config["isotropic"] is False and config["step"] == 4
+
+
+def test_rerun_resumes_instead_of_retraining(setup, first):
+    before = json.load(open(os.path.join(setup["out"], "metrics.json")))
+    res = evaluate(setup)
+    assert res.returncode == 0, res.stderr
+    assert "Stage III (DGEAN): done in an earlier run" in res.stderr
+    assert "training naive-lateral" not in res.stderr
+    after = json.load(open(os.path.join(setup["out"], "metrics.json")))
+    for key in ("d2r:fast", "naive-lateral:fast"):
+        assert after[key]["train"] == before[key]["train"]
+        assert after[key]["XY"] == before[key]["XY"]
+
+
+def test_trained_methods_need_self_supervision(setup, tmp_path):
+    res = run("evaluate", setup["gt"], "--factor", FACTOR, "--method", "d2r", "--no-self-supervised", "--out",
+              tmp_path / "r")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("isovol: error: d2r and naive-lateral are trained here")
+    res = run("evaluate", setup["gt"], "--factor", FACTOR, "--method", "d2r:no-such", "--out", tmp_path / "s")
+    assert res.returncode == 2 and "neither a recipe" in res.stderr
