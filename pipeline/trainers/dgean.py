@@ -142,8 +142,13 @@ def evaluate(model: torch.nn.Module, batches: list, loss_fn: DGEANLoss, amp: boo
 
 def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: bool, model_config: DGEANConfig,
                 train: TrainConfig, device: str | None = None, source: dict[str, Any] | None = None,
-                log: Callable[[str], None] = print, lateral: bool = False) -> dict[str, Any]:
-    """Train (or resume training) and leave a loadable model in ``model_dir``; returns the final record.
+                log: Callable[[str], None] = print, lateral: bool = False,
+                deadline: float | None = None) -> dict[str, Any]:
+    """Train (or resume training) and leave a loadable model in ``model_dir``; returns the final record, with
+    ``finished`` False when it paused at ``deadline`` (a ``time.time()``; checkpointed, a rerun resumes).
+
+    ``max_minutes`` counts training time over all runs of the directory, so a paused and resumed training
+    gets the same budget and learning-rate schedule as an uninterrupted one; ``deadline`` changes neither.
 
     ``lateral=True``: ``volume`` is the anisotropic stack itself and windows run along its Y and X (the naive
     lateral baseline, see windows.py)."""
@@ -160,7 +165,7 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
     torch.manual_seed(train.seed)
     model = build_dgean(model_config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=(0.9, train.beta2))
-    step, history = _resume(model_dir, identity, model, opt, log)
+    step, history, spent = _resume(model_dir, identity, model, opt, log)
     axes = ("z", "y", "x") if isotropic else ("y", "x")
     try:
         sampler = WindowSampler(volume, factor, train.patch, axes, identity["normalization"]["scale"], device,
@@ -175,15 +180,22 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
         log(f"step 0: validation loss {history[-1]['loss']:.4f}, PSNR {history[-1]['psnr']:.2f} dB "
             f"(cubic {history[-1]['cubic_psnr']:.2f} dB)")
     t0, last_log = time.perf_counter(), time.perf_counter()
+    finished = True
     model.train()
     while step < train.steps:
-        if train.max_minutes is not None and time.perf_counter() - t0 > 60 * train.max_minutes:
+        elapsed = spent + time.perf_counter() - t0
+        if train.max_minutes is not None and elapsed > 60 * train.max_minutes:
             log(f"time budget of {train.max_minutes:g} min reached at step {step}")
             history.append({"step": step, **evaluate(model, val, loss_fn, amp)})
-            _save(model_dir, identity, model, opt, step, history)
+            _save(model_dir, identity, model, opt, step, history, elapsed)
+            break
+        if deadline is not None and time.time() > deadline:
+            log(f"paused at step {step} (deadline); a rerun resumes here")
+            _save(model_dir, identity, model, opt, step, history, elapsed)
+            finished = False
             break
         for g in opt.param_groups:
-            g["lr"] = _lr(step, train, time.perf_counter() - t0)
+            g["lr"] = _lr(step, train, elapsed)
         b = sampler.sample(train.batch)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             pred = model(b.window, b.depths)
@@ -196,7 +208,7 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
         if step % train.val_every == 0 or step == train.steps:
             history.append({"step": step, **evaluate(model, val, loss_fn, amp)})
         if step % train.ckpt_every == 0 or step == train.steps:
-            _save(model_dir, identity, model, opt, step, history)
+            _save(model_dir, identity, model, opt, step, history, spent + time.perf_counter() - t0)
         if time.perf_counter() - last_log > 10 or step == train.steps:
             last_log = time.perf_counter()
             v = history[-1]
@@ -204,15 +216,15 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
                 f"validation PSNR {v['psnr']:.2f} dB (cubic {v['cubic_psnr']:.2f}) at step {v['step']}, "
                 f"{time.perf_counter() - t0:.0f} s")
     if not os.path.exists(os.path.join(model_dir, WEIGHTS)):
-        _save(model_dir, identity, model, opt, step, history)
-    return {"steps": step, "history": history, "seconds": time.perf_counter() - t0,
+        _save(model_dir, identity, model, opt, step, history, spent + time.perf_counter() - t0)
+    return {"steps": step, "history": history, "seconds": time.perf_counter() - t0, "finished": finished,
             "model_hash": file_sha256(os.path.join(model_dir, WEIGHTS))}
 
 
 def _save(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
-          step: int, history: list[dict[str, Any]]) -> None:
+          step: int, history: list[dict[str, Any]], elapsed: float = 0.0) -> None:
     save_tensors(os.path.join(model_dir, TRAINER_STATE), _opt_tensors(opt))
-    save_json(os.path.join(model_dir, TRAINER_JSON), {"step": step, "history": history,
+    save_json(os.path.join(model_dir, TRAINER_JSON), {"step": step, "history": history, "elapsed_s": elapsed,
                                                        "param_groups": [{k: v for k, v in g.items() if k != "params"}
                                                                         for g in opt.state_dict()["param_groups"]]})
     save_tensors(os.path.join(model_dir, WEIGHTS), model.state_dict())
@@ -221,12 +233,13 @@ def _save(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, opt:
 
 
 def _resume(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
-            log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]]]:
+            log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]], float]:
+    """(step, validation history, training seconds spent so far) of the directory's last checkpoint."""
     cfg_path = os.path.join(model_dir, CONFIG)
     if not os.path.exists(cfg_path):
         if any(f.endswith((".safetensors", ".json")) for f in os.listdir(model_dir)):
             raise InputError(f"{model_dir} holds files but no {CONFIG}; use an empty directory")
-        return 0, []
+        return 0, [], 0.0
     saved = load_json(cfg_path, "model directory")
     changed = sorted(k for k in set(identity) | {"sampling"} if saved.get(k) != identity.get(k) and k != "train")
     train_changed = sorted(k for k in identity["train"] if saved.get("train", {}).get(k) != identity["train"][k]
@@ -239,8 +252,8 @@ def _resume(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, op
     model.load_state_dict(state)
     trainer_json = os.path.join(model_dir, TRAINER_JSON)
     if not os.path.exists(trainer_json):
-        return int(saved.get("step", 0)), []
+        return int(saved.get("step", 0)), [], 0.0
     tj = load_json(trainer_json, "model directory")
     _load_opt(opt, load_tensors(os.path.join(model_dir, TRAINER_STATE), "model directory"), tj["param_groups"])
     log(f"resuming training of {model_dir} at step {tj['step']}")
-    return int(tj["step"]), list(tj.get("history", []))
+    return int(tj["step"]), list(tj.get("history", [])), float(tj.get("elapsed_s", 0.0))

@@ -40,11 +40,11 @@ def recipe(**train) -> tuple[DGEANConfig, TrainConfig]:
     return mcfg, replace(tcfg, **train)
 
 
-def train(volume, model_dir, factor=FACTOR, model_config=None, **kw) -> tuple[dict, list[str]]:
+def train(volume, model_dir, factor=FACTOR, model_config=None, deadline=None, **kw) -> tuple[dict, list[str]]:
     mcfg, tcfg = recipe(**kw)
     lines: list[str] = []
     result = train_dgean(volume, str(model_dir), factor, isotropic=True, model_config=model_config or mcfg,
-                         train=tcfg, device="cpu", log=lines.append)
+                         train=tcfg, device="cpu", log=lines.append, deadline=deadline)
     return result, lines
 
 
@@ -211,3 +211,18 @@ def test_lateral_training_on_the_anisotropic_stack(tmp_path, crop):
     with pytest.raises(InputError, match="cannot also be isotropic"):
         train_dgean(stack, str(tmp_path / "n"), FACTOR, isotropic=True, model_config=mcfg, train=tcfg,
                     device="cpu", log=lambda _: None, lateral=True)
+
+
+def test_a_deadline_pauses_and_the_budget_counts_across_runs(tmp_path, crop):
+    vol = crop[:64, :64, :64]
+    paused, lines = train(vol, tmp_path / "m", steps=4, deadline=0.0)  # long past: pause before the first step
+    assert paused["finished"] is False and paused["steps"] == 0
+    assert any("paused at step 0 (deadline)" in ln for ln in lines)
+    done, _ = train(vol, tmp_path / "m", steps=4)
+    assert done["finished"] is True and done["steps"] == 4
+    with open(tmp_path / "m" / "trainer.json") as f:
+        assert json.load(f)["elapsed_s"] > 0
+    # a budget already spent by an earlier run is not granted again on resume
+    spent, _ = train(vol, tmp_path / "b", steps=100_000, max_minutes=0.002)
+    again, lines = train(vol, tmp_path / "b", steps=100_000, max_minutes=0.002)
+    assert again["steps"] == spent["steps"] and any("time budget" in ln for ln in lines)
