@@ -255,10 +255,12 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
               recipe: str = "gpu-default", workers: int | None = None, device: str | None = None,
               storage_options: dict[str, Any] | None = None, voxel_size: Vec3 | None = None,
               restart_from: str | None = None, processes: bool = True, cluster: str = "local",
-              cluster_config: str | None = None) -> dict[str, Any]:
+              cluster_config: str | None = None, deadline: float | None = None) -> dict[str, Any]:
     """Run (or resume) Stage I-III into ``model_dir``; returns {"stages": {name: {"ran", "seconds"}},
     "validation": {...}, "line": summary}.  ``cluster``/``cluster_config`` choose where Stage II's blocks run
-    (deploy/clusters.py); Stages I and III train in this process."""
+    (deploy/clusters.py); Stages I and III train in this process.  ``deadline`` (a ``time.time()``, for budgeted
+    batch calls): no stage starts without room before it (Stage I: its time budget and a margin) and Stage III
+    pauses at it; the result's "paused" names the stage a rerun resumes at (None when all are done)."""
     from ..deploy.clusters import check_cluster
 
     if restart_from is not None and restart_from not in STAGES:
@@ -311,12 +313,17 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
 
     report: dict[str, dict[str, Any]] = {}
     validation: dict[str, Any] = {}
+    paused = None
     for s in STAGES:
         st = state["stages"].get(s)
         if st is not None and st.get("done"):
             log.info("%s: done in an earlier run (%.0f s), skipped", TITLES[s], st.get("seconds", 0.0))
             report[s] = {"ran": False, "seconds": 0.0}
             continue
+        if deadline is not None and deadline - time.time() < _room(s, objs):
+            log.info("%s: paused before it (less than %.0f s left before the deadline)", TITLES[s], _room(s, objs))
+            paused = s
+            break
         resumed = st is not None
         state["stages"][s] = st = {"hash": hashes[s], "settings": settings[s], "done": False,
                                    "seconds": (st or {}).get("seconds", 0.0)}
@@ -329,13 +336,22 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
             _stage_recover(input_url, model_dir, factor, norm["recover"], box, workers, device, options,
                            voxel_size, processes, cluster, cluster_config)
         else:
-            validation = _stage_dgean(model_dir, factor, objs["dgean"], device)
+            validation = _stage_dgean(model_dir, factor, objs["dgean"], device, deadline)
         took = time.perf_counter() - t0
         st["seconds"] = st["seconds"] + took
+        if validation.get("paused"):
+            _save_state(model_dir, state)
+            report[s] = {"ran": True, "seconds": took}
+            paused = s
+            break
         st["done"] = True
         _save_state(model_dir, state)
         report[s] = {"ran": True, "seconds": took}
         log.info("%s: done in %.0f s", TITLES[s], took)
+    if paused is not None:
+        parts = [f"{s} {'ran' if r['ran'] else 'skipped'}" for s, r in report.items()]
+        return {"stages": report, "validation": {}, "paused": paused,
+                "line": f"train: {', '.join(parts)}; paused at {paused} (deadline); rerun to resume"}
     if not validation:
         from ..pipeline.checkpoints import load_json
 
@@ -345,7 +361,16 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
     quality = (f"validation PSNR {validation['psnr']:.2f} dB vs cubic {validation['cubic_psnr']:.2f} dB"
                if "psnr" in validation else "no validation")
     line = f"train: {', '.join(parts)}; {quality}; model {model_dir}"
-    return {"stages": report, "validation": validation, "line": line}
+    return {"stages": report, "validation": validation, "line": line, "paused": None}
+
+
+def _room(stage: str, objs: dict[str, Any]) -> float:
+    """Seconds a stage needs left before a deadline to be started: Stage I cannot pause (its time budget plus
+    a margin), Stage II is short and resumable by block, Stage III pauses at the deadline itself."""
+    if stage == "prior":
+        minutes = objs["prior"][2].max_minutes
+        return 60.0 * minutes + 90.0 if minutes else 0.0
+    return 180.0 if stage == "recover" else 60.0
 
 
 def _stage_prior(vol: Any, box: tuple[slice, slice, slice], model_dir: str, factor: int, objs: tuple,
@@ -385,7 +410,8 @@ def _stage_recover(input_url: str, model_dir: str, factor: int, rec: dict[str, A
                           f"command to resume it")
 
 
-def _stage_dgean(model_dir: str, factor: int, objs: tuple, device: str | None) -> dict[str, Any]:
+def _stage_dgean(model_dir: str, factor: int, objs: tuple, device: str | None,
+                 deadline: float | None = None) -> dict[str, Any]:
     from ..pipeline.trainers.dgean import train_dgean
 
     mcfg, tcfg = objs
@@ -395,6 +421,8 @@ def _stage_dgean(model_dir: str, factor: int, objs: tuple, device: str | None) -
               "shape": list(data.shape), "dtype": str(data.dtype)}
     work = os.path.join(model_dir, DGEAN_DIR)
     result = train_dgean(np.ascontiguousarray(data), work, factor, isotropic=False, model_config=mcfg,
-                         train=copy.deepcopy(tcfg), device=device, source=source, log=log.info)
+                         train=copy.deepcopy(tcfg), device=device, source=source, log=log.info, deadline=deadline)
+    if not result["finished"]:
+        return {"paused": True}
     _publish(work, model_dir)
     return dict(result["history"][-1])

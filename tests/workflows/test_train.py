@@ -231,3 +231,16 @@ def test_cluster_options_reach_stage_two(tmp_path, source, monkeypatch):
                                    "--cluster", "slurm", "--cluster-config", str(cfg)])
     assert isinstance(res.exception, InputError) and "unknown key(s) 'jbos'" in str(res.exception)
     assert not seen and not (tmp_path / "n").exists()
+
+
+def test_a_deadline_pauses_before_a_stage_without_room(trained, source, tmp_path):
+    """Budgeted batch calls: a passed deadline starts nothing (and says where a rerun resumes); a finished
+    MODEL_DIR has nothing left to pause."""
+    from isovol.workflows.train import run_train
+
+    fresh = str(tmp_path / "m")
+    result = run_train(source, fresh, R, recipe="cpu-tiny", workers=1, deadline=0.0, processes=False)
+    assert result["paused"] == "prior" and "paused at prior (deadline)" in result["line"]
+    assert not os.path.exists(os.path.join(fresh, "prior"))
+    done = run_train(source, trained[0], R, recipe="cpu-tiny", workers=1, deadline=0.0, processes=False)
+    assert done["paused"] is None and all(not r["ran"] for r in done["stages"].values())
