@@ -26,7 +26,10 @@ cat > "$TMPDIR/isovol-gpu.yaml" <<YAML
 local_directory: "$TMPDIR"
 YAML
 
+# GPU-sized blocks: 4 shards along Z per block, so each worker reads the next shard and writes the previous one
+# while the GPU computes (deploy/README.md, "GPU workers")
 isovol upsample "$RAW" "$OUT" --factor 8 --method dgean --model "$MODEL" \
     --cluster local-gpu --cluster-config "$TMPDIR/isovol-gpu.yaml" \
+    --block-shape 256,1024,1024 --shard-shape 64,1024,1024 \
     --resume --no-progress
 isovol status "$OUT"
