@@ -63,7 +63,10 @@ def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     t0 = time.perf_counter()
     pieces = ctx.plan.z_pieces(block) if ctx.overlap and ctx.method.z_split_exact else [block]
     if len(pieces) == 1:
-        _write(ctx, block, _compute(ctx, block, _read(ctx, block)))
+        out = _compute(ctx, block, _read(ctx, block))
+        if ctx.overlap:
+            _hand_over_thread()
+        _write(ctx, block, out)
     else:
         _pipeline(ctx, pieces)
     make_durable(ctx.output_url, ctx.array, block.out_lo, block.out_hi)
@@ -95,18 +98,38 @@ def _write(ctx: BlockContext, block: Block, out: np.ndarray) -> None:
         ctx.array[box] = out
 
 
+def _write_durably(ctx: BlockContext, piece: Block, out: np.ndarray) -> None:
+    _write(ctx, piece, out)
+    make_durable(ctx.output_url, ctx.array, piece.out_lo, piece.out_hi)  # fsync here, off the compute thread
+
+
+def _hand_over_thread() -> None:
+    """Give this task's worker thread to the next block once the compute is done (``distributed.secede``): what
+    is left -- compress, write, fsync, done marker -- then overlaps with the next block's compute, also on a
+    worker with one thread.  Computes never overlap each other: a task hands over only after its last one.
+    The task still writes its own marker after its own shards are durable.  No-op outside a dask worker."""
+    try:
+        from distributed import secede
+
+        secede()
+    except Exception:  # not running as a task on a worker (a direct call): nothing to hand over
+        pass
+
+
 def _pipeline(ctx: BlockContext, pieces: list[Block]) -> None:
     """Read, compute and write a block's Z pieces (its shards along Z) as a three-stage pipeline, so that on a
-    worker with one thread -- a GPU worker -- reading the next piece and compressing and writing the previous one
-    run while the current one computes.
+    worker with one thread -- a GPU worker -- reading the next piece and compressing, writing and fsyncing the
+    previous one run while the current one computes.
 
     Why inside one task, not across tasks: the task still owns its block from read to done marker, so retries,
     time-outs, resume and "every shard durable before the marker" are exactly those of the serial path; nothing
     has to guess which block a worker runs next; and a failure anywhere raises here, after the pieces in flight
-    have settled, with no marker written.  The price is one read and one write per block that do not overlap:
-    give GPU workers blocks of several shards along Z (e.g. ``--block-shape 256,1024,1024 --shard-shape
-    64,1024,1024``).  Only methods whose Z pieces give exactly the block's result (``z_split_exact``) are cut;
-    at most one piece is being read, one computed and two written at a time, so memory stays bounded by the block.
+    have settled, with no marker written.  The first read of a block does not overlap, so give GPU workers
+    blocks of several shards along Z (e.g. ``--block-shape 256,1024,1024 --shard-shape 64,1024,1024``); the
+    last write does overlap the next block's compute, because the task hands its thread over once its last piece
+    is computed (``_hand_over_thread``).  Only methods whose Z pieces give exactly the block's result
+    (``z_split_exact``) are cut; at most one piece is read, one computed and two written at a time, so memory
+    stays bounded by the block.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -123,7 +146,8 @@ def _pipeline(ctx: BlockContext, pieces: list[Block]) -> None:
                 del data
                 while len(writes) >= 2:  # bound the outputs held in memory
                     writes.popleft().result()
-                writes.append(writer.submit(_write, ctx, piece, out))
+                writes.append(writer.submit(_write_durably, ctx, piece, out))
+            _hand_over_thread()
             while writes:
                 writes.popleft().result()
         finally:

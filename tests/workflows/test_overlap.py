@@ -103,3 +103,23 @@ def test_a_block_failing_mid_pipeline_leaves_no_marker_and_resumes_exactly(clien
     again = up.upsample(request(source, out, method="cubic", resume=True), client=client)
     assert again.ok and again.done == 1 and again.skipped == 3
     np.testing.assert_array_equal(read(str(out)), upsample_array(volume, R, get_method("cubic")))
+
+
+def test_each_block_hands_its_thread_over_after_its_last_compute(client, source, tmp_path, monkeypatch):
+    """Once computed, a block's remaining I/O runs beside the next block's compute (distributed.secede)."""
+    import distributed
+
+    real = distributed.secede
+    calls: list[str] = []
+
+    def counting():
+        calls.append(threading.current_thread().name)
+        real()
+
+    monkeypatch.setattr(distributed, "secede", counting)
+    for overlap, out in [(True, "a"), (False, "b")]:
+        calls.clear()
+        summary = up.upsample(request(source, tmp_path / f"{out}.ome.zarr", method="cubic", overlap=overlap),
+                              client=client)
+        assert summary.ok
+        assert len(calls) == (summary.total if overlap else 0)
