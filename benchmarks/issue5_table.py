@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -222,6 +223,7 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
     torch.backends.cudnn.benchmark = True
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     run = Run(args)
     log(f"issue 5 table: input {run.low.shape} (every {run.r}th slice of training_sample1 {run.ref.shape}), "
         f"device {run.device_name()}, recipe {run.recipe}, work {run.work}, budget {args.budget_minutes:g} min")

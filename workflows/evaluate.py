@@ -235,6 +235,29 @@ def fsc_plot(curves: dict[str, dict[str, list[float]]], path: str, voxel_nm: flo
     img.save(path)
 
 
+class OrthoViews:
+    """The three planes the comparison figure shows (XY at ``z``, XZ and YZ through the centre) of a volume that
+    need not stay in memory; indexable like the volume for exactly those planes."""
+
+    def __init__(self, volume: np.ndarray, z: int):
+        self.shape = volume.shape
+        self.z, self.y, self.x = z, volume.shape[1] // 2, volume.shape[2] // 2
+        self.xy = volume[z].copy()
+        self.xz = volume[:, self.y, :].copy()
+        self.yz = volume[:, :, self.x].copy()
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        full = slice(None)
+        if key == self.z:
+            return self.xy
+        if isinstance(key, tuple) and len(key) == 3 and key[0] == full:
+            if key[1] == self.y and key[2] == full:
+                return self.xz
+            if key[1] == full and key[2] == self.x:
+                return self.yz
+        raise IndexError(f"only the figure's planes are kept, not {key!r}")
+
+
 # -- methods trained here, on the decimated input --------------------------------------------------------------
 
 LATERAL_STATE = "train.json"
@@ -353,8 +376,15 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
             s.model = training[s.key]["model"]
             get_method(s.name, model=s.model).check_factor(factor)
 
-    outputs: dict[str, np.ndarray] = {}
-    timings: dict[str, float] = {}
+    z_show = factor // 2 + factor * ((low.shape[0] - 1) // 2)
+    views: dict[str, OrthoViews] = {}  # only the figure's three planes are kept: one output in memory at a time
+    metrics: dict[str, Any] = {}
+    curves: dict[str, dict[str, list[float]]] = {}
+    boundary: dict[str, Any] = {}
+    true_b = None
+    if labels is not None:
+        true_b = label_boundaries(labels[:n_out])
+        boundary["ground truth"] = boundary_f1(detect_boundaries(truth), true_b)
 
     def run_all(c: Any) -> None:
         for s in specs:
@@ -366,9 +396,20 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
                                client=c)
             if not summary.ok:
                 raise RuntimeError(f"upsampling with {s.key} failed: {summary.line()}")
-            outputs[s.key] = np.asarray(open_level0(out_url, mode="r")[...])
-            timings[s.key] = time.perf_counter() - t
-            log.info("evaluate: %s upsampled in %.1f s", s.key, timings[s.key])
+            seconds = time.perf_counter() - t
+            log.info("evaluate: %s upsampled in %.1f s", s.key, seconds)
+            out = np.asarray(open_level0(out_url, mode="r")[...])
+            row = score(truth, out, factor, voxel_nm)
+            curves[s.key] = row.pop("fsc")
+            if true_b is not None:
+                boundary[s.key] = boundary_f1(detect_boundaries(out), true_b)
+                row["boundary_f1"] = boundary[s.key]["f1"]
+            row["slicefid"] = None
+            row["seconds"] = round(seconds, 2)
+            if s.key in training:
+                row["train"] = {k: v for k, v in training[s.key].items() if k != "model"}
+            metrics[s.key] = row
+            views[s.key] = OrthoViews(out, z_show)
 
     if client is None:
         from ..deploy.clusters import open_cluster
@@ -378,23 +419,6 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     else:
         run_all(client)
 
-    metrics: dict[str, Any] = {}
-    curves: dict[str, dict[str, list[float]]] = {}
-    boundary: dict[str, Any] = {}
-    if labels is not None:
-        true_b = label_boundaries(labels[:n_out])
-        boundary["ground truth"] = boundary_f1(detect_boundaries(truth), true_b)
-    for s in specs:
-        row = score(truth, outputs[s.key], factor, voxel_nm)
-        curves[s.key] = row.pop("fsc")
-        if labels is not None:
-            boundary[s.key] = boundary_f1(detect_boundaries(outputs[s.key]), true_b)
-            row["boundary_f1"] = boundary[s.key]["f1"]
-        row["slicefid"] = None
-        row["seconds"] = round(timings[s.key], 2)
-        if s.key in training:
-            row["train"] = {k: v for k, v in training[s.key].items() if k != "model"}
-        metrics[s.key] = row
     ref = metrics[REFERENCE]
     for row in metrics.values():
         row["gain_over_cubic_db"] = {p: row[p]["psnr"] - ref[p]["psnr"] for p in PLANES}
@@ -404,8 +428,7 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
         json.dump(metrics, f, indent=1)
     with open(os.path.join(req.out, "fsc.json"), "w") as f:
         json.dump({"voxel_nm": voxel_nm, "curves": curves}, f, indent=1)
-    z_show = factor // 2 + factor * ((low.shape[0] - 1) // 2)
-    ortho_figure({"ground truth": truth, **outputs}, os.path.join(req.out, "comparison.png"), z=z_show,
+    ortho_figure({"ground truth": truth, **views}, os.path.join(req.out, "comparison.png"), z=z_show,
                  scale=2 if max(truth.shape) <= 256 else 1, title=f"Z x{factor}")
     fsc_plot(curves, os.path.join(req.out, "fsc.png"), voxel_nm)
     info = {"ground_truth": strip_url(req.ground_truth), "shape": list(truth_full.shape), "voxel": list(voxel),

@@ -202,3 +202,15 @@ def test_bad_input_through_the_installed_command(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert [ln for ln in res.stderr.splitlines() if ln.strip()] == [
         f"isovol: error: input not found: {tmp_path / 'nope.zarr'}"]
+
+
+def test_ortho_views_keep_only_the_figure_planes(crop):
+    from isovol.workflows.evaluate import OrthoViews
+
+    vol = crop[:33, :48, :40]
+    v = OrthoViews(vol, 12)
+    np.testing.assert_array_equal(v[12], vol[12])
+    np.testing.assert_array_equal(v[:, 24, :], vol[:, 24, :])
+    np.testing.assert_array_equal(v[:, :, 20], vol[:, :, 20])
+    with pytest.raises(IndexError, match="only the figure's planes"):
+        v[3]
