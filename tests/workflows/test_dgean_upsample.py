@@ -303,3 +303,18 @@ def test_resume_with_another_model_is_refused(cli_inputs, cli_output, model_dir,
                           "--model", model_dir, "--resume", "--workers", 1, "--no-progress", cwd=tmp_path))
     assert "cannot resume" in line and "model:" in line and "use --overwrite" in line
     assert tree(cli_output) == before
+
+
+def test_train_dgean_lateral_trains_on_the_anisotropic_stack(cli_inputs):
+    """--lateral: the naive baseline straight from the anisotropic input; --isotropic with it is one error."""
+    model = os.path.join(cli_inputs["dir"], "lateral")
+    res = run("train-dgean", cli_inputs["aniso"], model, "--factor", 4, "--config", "tiny", "--steps", 2,
+              "--lateral", cwd=cli_inputs["dir"])
+    assert res.returncode == 0, res.stderr
+    with open(os.path.join(model, "config.json")) as f:
+        config = json.load(f)
+    assert config["sampling"] == "lateral" and config["isotropic"] is False
+    assert config["source"]["shape"] == [33, 64, 64] and config["source"]["sampling"] == "lateral"
+    line = error_line(run("train-dgean", cli_inputs["aniso"], model + "2", "--factor", 4, "--lateral",
+                          "--isotropic"))
+    assert "--lateral and --isotropic exclude each other" in line
