@@ -23,9 +23,9 @@ matrices, so
 exact, real, and an n1 x n2 SVD.  That form is used whenever a set has no more slices than features.  With
 more slices than features the covariances can be full rank and the usual route is taken:
 ``scipy.linalg.sqrtm(S1 @ S2)``; imaginary parts below 1e-3 of the largest real entry are round-off and
-dropped; a non-finite or clearly complex result is retried with 1e-6 * I added to both covariances (as
-pytorch-fid does), and if that fails too the exact SVD form decides.  A result below zero by round-off is
-reported as 0.
+dropped.  A result that is not finite, clearly complex, or whose square misses S1 S2 by more than 1e-6
+(relative) is retried with 1e-6 * I added to both covariances (as pytorch-fid does); if that fails too, the
+exact SVD form decides.  A result below zero by round-off is reported as 0.
 
 A rank-deficient FID is still a distance between the two sample sets, but its value depends on n: compare
 methods on the same volume (same slice counts, recorded in metrics.json), never with FIDs of other papers.
@@ -33,6 +33,7 @@ methods on the same volume (same slice counts, recorded in metrics.json), never 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,6 +44,7 @@ from .metrics import data_range
 PLANES = ("XY", "XZ", "YZ")
 BATCH = 32
 IMAG_TOLERANCE = 1e-3
+RESIDUAL_TOLERANCE = 1e-6
 OFFSET = 1e-6
 
 
@@ -54,14 +56,19 @@ def _sqrtm_trace(s1: np.ndarray, s2: np.ndarray) -> float | None:
 
     for offset in (0.0, OFFSET):
         eye = offset * np.eye(s1.shape[0])
-        with np.errstate(all="ignore"):
-            root = linalg.sqrtm((s1 + eye) @ (s2 + eye))
+        product = (s1 + eye) @ (s2 + eye)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", linalg.LinAlgWarning)  # singular input: judged by the checks below
+            root = linalg.sqrtm(product)
         if not np.all(np.isfinite(root)):
             continue
         if np.iscomplexobj(root):
             if np.abs(root.imag).max() > IMAG_TOLERANCE * max(np.abs(root.real).max(), 1e-12):
                 continue
             root = root.real
+        scale = max(np.linalg.norm(product), 1e-300)
+        if np.linalg.norm(root @ root - product) > RESIDUAL_TOLERANCE * scale:
+            continue  # not a square root to working accuracy
         return float(np.trace(root))
     return None
 
