@@ -12,9 +12,10 @@ boundary agreement (the fixed membrane detector of `isovol evaluate` on the reco
 detector on the ground truth: training_sample1 has no labels), wall time per training stage and of inference.
 
 Resumable: all work lives in ``--work`` (default devruns/issue5, git-ignored).  Each call stops starting work
-when ``--budget-minutes`` run out (trainings pause at a checkpoint; Stage I only starts with room for its own
-budget), and the same command continues where it stopped.  A finished row is one JSON file in WORK/rows/ (also
-copied to $OUT/rows/ when $OUT is set): carry that folder to a fresh machine and finished rows are not redone.
+when ``--budget-minutes`` run out (trainings pause at a checkpoint 90 s before, leaving room to score a finished
+row; Stage I only starts with room for its own budget), and the same command continues where it stopped.
+A finished row is one JSON file in WORK/rows/ (also copied to $OUT/rows/ when $OUT is set): carry that folder
+to a fresh machine and finished rows are not redone.
 The table is printed once every row exists; exit status 3 means "not yet, run the same command again".
 """
 
@@ -45,6 +46,9 @@ SHOWN = ("cubic", "naive", "d2r", "sup")  # the order of the table
 TITLE = {"cubic": "cubic", "naive": "naive lateral (DGEAN on own Y/X)", "d2r": "D2R-DGEAN",
          "sup": "Sup-DGEAN (training_sample2 GT)"}
 VOXEL = 10.0
+#: trainings pause this long before the budget ends, leaving room for a finished row's inference and scoring
+#: (whole-volume SSIM per plane, two 3-D FFTs, the boundary detector: about a minute on the device's CPU)
+FINISH_S = 90.0
 
 
 def log(msg: str) -> None:
@@ -146,7 +150,7 @@ class Run:
                         attributes={"note": f"every {self.r}th slice of FlyEM training_sample1"})
         model_dir = os.path.join(self.work, "models", "d2r")
         result = run_train(os.path.abspath(url), model_dir, self.r, recipe=self.recipe, workers=1,
-                           device=self.device, deadline=self.deadline - 30)
+                           device=self.device, deadline=self.deadline - FINISH_S)
         log(result["line"])
         if result["paused"]:
             return False
@@ -161,7 +165,7 @@ class Run:
         model_dir = os.path.join(self.work, "models", name)
         result = train_dgean(volume, model_dir, self.r, model_config=self.dgean_model, train=self.dgean_train,
                              device=self.device, source={"name": TITLE[name], "shape": list(volume.shape)},
-                             log=log, deadline=self.deadline - 30, **kw)
+                             log=log, deadline=self.deadline - FINISH_S, **kw)
         if not result["finished"]:
             return False
         with open(os.path.join(model_dir, "trainer.json")) as f:
