@@ -343,11 +343,15 @@ def status(output_url: str, storage_options: str | None, as_json: bool) -> None:
 @click.option("--out", "out_dir", default="isovol-demo", show_default=True, help="Folder for the results.")
 @click.option("--factor", "-r", default=8, show_default=True, type=int)
 @click.option("--workers", type=int, default=2, show_default=True)
-def demo(out_dir: str, factor: int, workers: int) -> None:
-    """Run the demo on the bundled real FIB-SEM crop and print PSNR against the original."""
+@click.option("--recipe", default="cpu-tiny", show_default=True, metavar="cpu-tiny|gpu-default|FILE",
+              help="D2R recipe (see isovol train).")
+@click.option("--device", default=None, help="torch device for D2R training [default: cuda if available, else cpu].")
+def demo(out_dir: str, factor: int, workers: int, recipe: str, device: str | None) -> None:
+    """Evaluate the classical methods and D2R (trained on the decimated crop only) on the bundled real FIB-SEM
+    crop: PSNR/SSIM/FSC against the original, a report and figures in --out."""
     from .demo import run_demo
 
-    run_demo(out_dir, factor=factor, workers=workers)
+    run_demo(out_dir, factor=factor, workers=workers, recipe=recipe, device=device)
 
 
 @cli.command()

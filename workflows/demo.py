@@ -1,64 +1,57 @@
-"""`isovol demo`: the whole path on real data, small enough for a laptop CPU.
+"""`isovol demo`: the evaluation protocol on the bundled real crop, D2R included, small enough for a laptop CPU.
 
-The bundled isotropic FIB-SEM crop is decimated along Z (every r-th slice kept), written as an OME-Zarr,
-upsampled back through the real blockwise executor by each method, and scored against the original.
+The bundled isotropic FIB-SEM crop is written as ground truth and handed to ``isovol evaluate``: every r-th
+slice is kept, D2R is trained on that decimated stack alone (Stage I prior on its XY slices, Stage II recovery
+of its XZ/YZ slices, Stage III DGEAN), and the classical methods and the trained DGEAN upsample it back
+through the real blockwise executor; everything is scored against the crop.
+
+At this scale (17 input slices, a CPU, the ``cpu-tiny`` recipe: about a minute of training) the learned
+stages are a run of the whole flow, not a useful model: expect D2R within a few tenths of a dB of cubic.
+The gains need the ``gpu-default`` recipe on a real volume (BENCHMARKS.md); ``--recipe`` picks another.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
+from typing import Any
 
-import numpy as np
-
-from ..deploy.local import cluster_client
-from ..pipeline.degrade import decimate_z
-from ..pipeline.io.omezarr import open_level0, write_image
-from ..pipeline.metrics import plane_scores
+from ..pipeline.io.omezarr import write_image
 from .demo_data import ATTRIBUTION, load_crop
-from .figures import ortho_figure
-from .upsample import UpsampleRequest, upsample
+from .evaluate import EvaluateRequest, evaluate
 
 log = logging.getLogger("isovol")
-METHODS = ("nearest", "linear", "cubic")
+CLASSICAL = ("nearest", "linear", "cubic")
+DEMO_RECIPE = "cpu-tiny"
 
 
-def run_demo(out_dir: str, factor: int = 8, workers: int = 2, block_shape: tuple[int, int, int] = (32, 64, 64)):
-    """Run every method on the demo crop; print a PSNR/SSIM table, write metrics.json and a figure."""
+def run_demo(out_dir: str, factor: int = 8, workers: int = 2, recipe: str = DEMO_RECIPE,
+             block_shape: tuple[int, int, int] = (32, 64, 64), device: str | None = None) -> dict[str, Any]:
+    """Score the classical methods and D2R on the bundled crop; print the table, leave the report in out_dir."""
     t0 = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     truth, voxel = load_crop()
-    low, n_out = decimate_z(truth, factor)
-    truth = truth[:n_out]
-    in_url = os.path.join(out_dir, "input.ome.zarr")
-    write_image(in_url, low, (voxel[0] * factor, voxel[1], voxel[2]),
-                attributes={"note": f"every {factor}th slice of the bundled crop", "source": ATTRIBUTION})
-    print(f"isovol demo: real FIB-SEM crop {truth.shape} at {voxel[0]:g} nm, kept every {factor}th slice "
-          f"-> input {low.shape}; {ATTRIBUTION}")
-    results: dict[str, dict] = {}
-    volumes: dict[str, np.ndarray] = {}
-    with cluster_client(workers) as client:
-        for name in METHODS:
-            out_url = os.path.join(out_dir, f"{name}.ome.zarr")
-            req = UpsampleRequest(input=in_url, output=out_url, factor=factor, method=name,
-                                  block_shape=block_shape, overwrite=True, progress=False,
-                                  command=f"isovol demo --factor {factor}")
-            summary = upsample(req, client=client)
-            if not summary.ok:
-                raise RuntimeError(f"demo run of {name} failed: {summary.line()}")
-            volumes[name] = open_level0(out_url, mode="r")[...]
-            results[name] = plane_scores(truth, volumes[name], factor)
-    print(f"\n{'method':<10}{'PSNR XY':>9}{'PSNR XZ':>9}{'PSNR YZ':>9}{'SSIM XY':>9}  (dB; XY over synthesised slices)")
-    for name, r in results.items():
-        print(f"{name:<10}{r['XY']['psnr']:>9.2f}{r['XZ']['psnr']:>9.2f}{r['YZ']['psnr']:>9.2f}"
-              f"{r['XY']['ssim']:>9.3f}")
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    fig = os.path.join(out_dir, "comparison.png")
-    ortho_figure({"ground truth": truth, **{k: volumes[k] for k in ("nearest", "cubic")}}, fig,
-                 z=factor // 2 + factor * (low.shape[0] // 2), title=f"Z x{factor}")
-    print(f"\noutputs in {out_dir}/ (OME-Zarr per method, metrics.json, comparison.png); "
-          f"{time.perf_counter() - t0:.1f} s")
-    return results
+    gt_url = os.path.join(out_dir, "ground-truth.ome.zarr")
+    write_image(gt_url, truth, voxel, attributes={"source": ATTRIBUTION, "note": "the bundled crop (isovol demo)"})
+    print(f"isovol demo: real FIB-SEM crop {truth.shape} at {voxel[0]:g} nm ({ATTRIBUTION}); every {factor}th "
+          f"slice kept, D2R trained on those {(truth.shape[0] - 1) // factor + 1} slices only (recipe {recipe}), "
+          f"then each method upsamples them back {factor}x", flush=True)
+    req = EvaluateRequest(ground_truth=gt_url, factor=factor, out=out_dir, methods=[*CLASSICAL, f"d2r:{recipe}"],
+                          workers=workers, block_shape=block_shape, device=device, progress=False)
+    result = evaluate(req)
+    metrics = result["metrics"]
+    print(f"\n{'method':<16}{'PSNR XY':>9}{'XZ':>7}{'YZ':>7}{'SSIM XY':>9}{'FSC-0.5':>9}{'vs cubic':>10}{'time':>8}")
+    for key, r in metrics.items():
+        spent = r["seconds"] + (r.get("train") or {}).get("total_s", 0.0)
+        print(f"{key:<16}{r['XY']['psnr']:>9.2f}{r['XZ']['psnr']:>7.2f}{r['YZ']['psnr']:>7.2f}{r['XY']['ssim']:>9.3f}"
+              f"{r['fsc05_nm']:>6.0f} nm{r['gain_over_cubic_db']['XY']:>+7.2f} dB{spent:>7.0f}s")
+    d2r = next((r for k, r in metrics.items() if k.startswith("d2r")), None)
+    if d2r is not None:
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in d2r["train"]["stages_s"].items())
+        print(f"\nPSNR in dB, XY over the synthesised slices only; D2R training: {stages}. At this toy scale "
+              f"D2R is a run of the whole flow, not a useful model; its gains need --recipe gpu-default on a "
+              f"GPU (BENCHMARKS.md).")
+    print(f"outputs in {out_dir}/: report.md, metrics.json, comparison.png, fsc.png, work/ (an OME-Zarr per "
+          f"method), models/ (the trained D2R); {time.perf_counter() - t0:.0f} s in all")
+    return metrics
