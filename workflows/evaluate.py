@@ -340,8 +340,14 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     factor = check_factor(req.factor)
-    if req.inception:
-        raise InputError("SliceFID with --inception is not implemented in this release; leave out --inception")
+    fid_model = fid_device = slicefid = None
+    if req.inception:  # SliceFID: a wrong weight file fails here, before any work or output
+        import torch
+
+        from ..pipeline.models.inception import load_inception
+
+        fid_device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        fid_model = load_inception(req.inception, device=fid_device)
     specs = parse_methods(req.methods)
     if not req.self_supervised and any(s.train for s in specs):
         raise InputError("d2r and naive-lateral are trained here on the decimated input only (--self-supervised); "
@@ -385,6 +391,10 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     if labels is not None:
         true_b = label_boundaries(labels[:n_out])
         boundary["ground truth"] = boundary_f1(detect_boundaries(truth), true_b)
+    if fid_model is not None:  # ground-truth slice features once, each method's right after its upsample
+        from ..pipeline.slicefid import SliceFID
+
+        slicefid = SliceFID(fid_model, truth, factor, device=fid_device, log=log.info)
 
     def run_all(c: Any) -> None:
         for s in specs:
@@ -404,7 +414,7 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
             if true_b is not None:
                 boundary[s.key] = boundary_f1(detect_boundaries(out), true_b)
                 row["boundary_f1"] = boundary[s.key]["f1"]
-            row["slicefid"] = None
+            row["slicefid"] = slicefid.score(out) if slicefid is not None else None
             row["seconds"] = round(seconds, 2)
             if s.key in training:
                 row["train"] = {k: v for k, v in training[s.key].items() if k != "model"}
@@ -422,7 +432,8 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     ref = metrics[REFERENCE]
     for row in metrics.values():
         row["gain_over_cubic_db"] = {p: row[p]["psnr"] - ref[p]["psnr"] for p in PLANES}
-    print(SLICEFID_SKIP)
+    if slicefid is None:
+        print(SLICEFID_SKIP)
 
     with open(os.path.join(req.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)

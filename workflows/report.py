@@ -32,6 +32,33 @@ def table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def slicefid_lines(metrics: dict[str, Any]) -> list[str]:
+    """The SliceFID table, or the skip line when no Inception weights were given."""
+    rows = {k: r["slicefid"] for k, r in metrics.items() if r.get("slicefid")}
+    if not rows:
+        return ["SliceFID: skipped (no Inception weights given; `--inception FILE`, see docs/evaluate.md).", ""]
+
+    def cell(v: float | None) -> str:
+        return f"{v:.2f}" if v is not None else "–"
+
+    n = next(iter(rows.values()))["slices"]
+    lines = ["## SliceFID", "", "| method | " + " | ".join(f"SliceFID {p}" for p in PLANES) + " | mean |",
+             "|---|" + "---|" * (len(PLANES) + 1)]
+    lines += [f"| `{k}` | " + " | ".join(cell(r[p]) for p in PLANES) + f" | {cell(r['mean'])} |"
+              for k, r in rows.items()]
+    lines += [
+        "",
+        "Fréchet distance between FID-Inception pool features (2048-d) of the ground-truth slices and the "
+        "reconstruction's slices at the same positions, per plane (XY over the synthesised slices only); lower "
+        f"is better. Slices per plane: {', '.join(f'{p} {n[p]}' for p in PLANES)}."
+        + (" With no more slices than feature dimensions the covariances are rank-deficient: the values depend "
+           "on the slice count, so compare methods within this report only, not with published FIDs."
+           if any(r.get("rank_deficient") for r in rows.values()) else ""),
+        "",
+    ]
+    return lines
+
+
 def write_report(path: str, metrics: dict[str, Any], info: dict[str, Any]) -> None:
     r, voxel = info["factor"], info["voxel"]
     lines = [
@@ -55,8 +82,7 @@ def write_report(path: str, metrics: dict[str, Any], info: dict[str, Any]) -> No
         f"Axial FSC-0.5: the same correlation over planes of constant k_z, a diagnostic of Z alone "
         f"(docs/evaluate.md).",
         "",
-        "SliceFID: skipped (no Inception weights given).",
-        "",
+        *slicefid_lines(metrics),
     ]
     trained = {k: r["train"] for k, r in metrics.items() if r.get("train")}
     if trained:

@@ -176,7 +176,7 @@ def test_parse_methods():
     ("dgean-missing-dir", ["{gt}", "--factor", "8", "--method", "dgean:{missing}"], "model directory not found"),
     ("factor", ["{gt}", "--factor", "1"], "factor must be an integer >= 2"),
     ("too-short", ["{gt}", "--factor", "48"], "keeps fewer than 2"),
-    ("inception", ["{gt}", "--factor", "8", "--inception", "{missing}"], "not implemented"),
+    ("inception", ["{gt}", "--factor", "8", "--inception", "{missing}"], "Inception weights (--inception)"),
     ("labels-shape", ["{gt}", "--factor", "8", "--labels", "{labels}"], "must be aligned voxel for voxel"),
 ])
 def test_bad_inputs(case, args, expect, gt, tmp_path, capsys):
@@ -214,3 +214,68 @@ def test_ortho_views_keep_only_the_figure_planes(crop):
     np.testing.assert_array_equal(v[:, :, 20], vol[:, :, 20])
     with pytest.raises(IndexError, match="only the figure's planes"):
         v[3]
+
+
+# -- SliceFID with Inception weights from a file (random weights here: the plumbing, not the values) ----------
+
+def _random_inception(path: str, seed: int = 0) -> None:
+    """He-initialised FID Inception weights (identity batch norms) as safetensors, the file a user converts."""
+    import math
+
+    import torch
+
+    from isovol.pipeline.checkpoints import save_tensors
+    from isovol.pipeline.models.inception import InceptionFeatures
+
+    g = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=g) * math.sqrt(2.0 / v[0].numel()) if k.endswith("conv.weight")
+             else v for k, v in InceptionFeatures().state_dict().items()}
+    save_tensors(path, state)
+
+
+def test_slicefid_end_to_end(crop, tmp_path, isovol_exe):
+    """A 5x6x6 crop at r = 4 (3 XY, 6 XZ, 6 YZ slices per volume): finite per-plane SliceFID in metrics.json
+    and the report, slice counts recorded, and no skip line."""
+    gt_url, weights, out = str(tmp_path / "gt.ome.zarr"), str(tmp_path / "inception.safetensors"), tmp_path / "rep"
+    write_image(gt_url, np.ascontiguousarray(crop[:5, :6, :6]), (10.0, 10.0, 10.0))
+    _random_inception(weights)
+    res = subprocess.run([isovol_exe, "evaluate", gt_url, "--factor", "4", "--out", str(out), "--inception", weights,
+                          "--workers", "1", "--no-progress", "--device", "cpu"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert SLICEFID_SKIP not in res.stdout
+    fid = json.load(open(out / "metrics.json"))["cubic"]["slicefid"]
+    assert all(np.isfinite(fid[p]) and fid[p] >= 0 for p in (*PLANES, "mean"))
+    assert fid["slices"] == {"XY": 3, "XZ": 6, "YZ": 6} and fid["feature_dim"] == 2048 and fid["rank_deficient"]
+    md = (out / "report.md").read_text()
+    assert "## SliceFID" in md and "| `cubic` |" in md and "rank-deficient" in md and "skipped" not in md
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("garbage", "is not a readable safetensors file"),
+    ("wrong-shape", "shape of Mixed_7c.branch_pool.conv.weight is (192, 1024, 1, 1)"),
+])
+def test_wrong_inception_file_is_one_line_and_writes_nothing(case, expect, gt, tmp_path, capsys):
+    from isovol.workflows import cli as cli_mod
+
+    weights = str(tmp_path / "inception.safetensors")
+    if case == "garbage":
+        with open(weights, "wb") as f:
+            f.write(os.urandom(4096))
+    else:
+        import torch
+
+        from isovol.pipeline.checkpoints import save_tensors
+        from isovol.pipeline.models.inception import InceptionFeatures
+
+        state = InceptionFeatures().state_dict()
+        state["Mixed_7c.branch_pool.conv.weight"] = torch.zeros(192, 1024, 1, 1)
+        save_tensors(weights, state)
+    out = tmp_path / "rep"
+    with pytest.raises(SystemExit) as info:
+        cli_mod.main(["evaluate", gt[0], "--factor", "8", "--inception", weights, "--out", str(out)])
+    assert info.value.code not in (0, None)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("isovol: error: Inception weights (--inception)"), lines
+    assert expect in lines[0]
+    assert not out.exists()
