@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..losses import DGEANLoss, load_lpips
 from ..models.dgean import DGEANConfig, build_dgean, cubic_at_depths
 from . import settings_from_dict
+from .state import check_same_run, load_optimizer, optimizer_groups, optimizer_tensors, saved_identity
 from .windows import WindowSampler
 
 TRAINER_STATE = "trainer.safetensors"
@@ -99,25 +100,6 @@ def _lr(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
     if cfg.max_minutes:
         t = max(t, elapsed / (60 * cfg.max_minutes))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
-def _opt_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out = {}
-    for idx, st in opt.state_dict()["state"].items():
-        for name, value in st.items():
-            out[f"{idx}.{name}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-    return out
-
-
-def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    sd = opt.state_dict()
-    for g, saved in zip(sd["param_groups"], groups):
-        g.update({k: v for k, v in saved.items() if k != "params"})
-    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
 
 
 def psnr_batch(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -223,10 +205,9 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
 
 def _save(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
           step: int, history: list[dict[str, Any]], elapsed: float = 0.0) -> None:
-    save_tensors(os.path.join(model_dir, TRAINER_STATE), _opt_tensors(opt))
+    save_tensors(os.path.join(model_dir, TRAINER_STATE), optimizer_tensors(opt))
     save_json(os.path.join(model_dir, TRAINER_JSON), {"step": step, "history": history, "elapsed_s": elapsed,
-                                                       "param_groups": [{k: v for k, v in g.items() if k != "params"}
-                                                                        for g in opt.state_dict()["param_groups"]]})
+                                                       "param_groups": optimizer_groups(opt)})
     save_tensors(os.path.join(model_dir, WEIGHTS), model.state_dict())
     save_json(os.path.join(model_dir, CONFIG), {**identity, "step": step, "validation": history[-1],
                                                 "isovol_version": __version__})
@@ -235,18 +216,10 @@ def _save(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, opt:
 def _resume(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
             log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]], float]:
     """(step, validation history, training seconds spent so far) of the directory's last checkpoint."""
-    cfg_path = os.path.join(model_dir, CONFIG)
-    if not os.path.exists(cfg_path):
-        if any(f.endswith((".safetensors", ".json")) for f in os.listdir(model_dir)):
-            raise InputError(f"{model_dir} holds files but no {CONFIG}; use an empty directory")
+    saved = saved_identity(model_dir, CONFIG, "model directory")
+    if saved is None:
         return 0, [], 0.0
-    saved = load_json(cfg_path, "model directory")
-    changed = sorted(k for k in set(identity) | {"sampling"} if saved.get(k) != identity.get(k) and k != "train")
-    train_changed = sorted(k for k in identity["train"] if saved.get("train", {}).get(k) != identity["train"][k]
-                           and k not in ("steps", "max_minutes"))
-    if changed or train_changed:
-        raise InputError(f"{model_dir} holds a model trained with other settings "
-                         f"({', '.join(changed + ['train.' + k for k in train_changed])}); use a new directory")
+    check_same_run(saved, identity, model_dir, "a model", also=("sampling",))
     state = load_tensors(os.path.join(model_dir, WEIGHTS), "model directory")
     check_state(model, state, "model directory")
     model.load_state_dict(state)
@@ -254,6 +227,6 @@ def _resume(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, op
     if not os.path.exists(trainer_json):
         return int(saved.get("step", 0)), [], 0.0
     tj = load_json(trainer_json, "model directory")
-    _load_opt(opt, load_tensors(os.path.join(model_dir, TRAINER_STATE), "model directory"), tj["param_groups"])
+    load_optimizer(opt, load_tensors(os.path.join(model_dir, TRAINER_STATE), "model directory"), tj["param_groups"])
     log(f"resuming training of {model_dir} at step {tj['step']}")
     return int(tj["step"]), list(tj.get("history", [])), float(tj.get("elapsed_s", 0.0))

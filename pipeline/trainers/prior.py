@@ -42,7 +42,8 @@ from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, 
 from ..degrade import DIHEDRAL, add_noise, degrade_rows, dihedral, patch_rows, transposes
 from ..errors import InputError
 from . import settings_from_dict
-from .dgean import _load_opt, _lr, _opt_tensors, data_scale, psnr_batch
+from .dgean import _lr, data_scale, psnr_batch
+from .state import check_same_run, load_optimizer, optimizer_groups, optimizer_tensors, saved_identity
 
 TRAINER_STATE = "trainer.safetensors"
 TRAINER_JSON = "trainer.json"
@@ -399,14 +400,12 @@ def _save(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema:
     """Trainer state first, the EMA weights and config.json last (the step is in each file, so a resume after
     a kill between the writes still restarts from consistent raw weights and optimiser state)."""
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    state.update({f"opt.{k}": v for k, v in _opt_tensors(opt).items()})
+    state.update({f"opt.{k}": v for k, v in optimizer_tensors(opt).items()})
     state["step"] = torch.tensor(step, dtype=torch.int64)
     state["ema_updates"] = torch.tensor(ema.updates, dtype=torch.int64)
     save_tensors(os.path.join(prior_dir, TRAINER_STATE), state)
     save_json(os.path.join(prior_dir, TRAINER_JSON),
-              {"step": step, "history": history,
-               "param_groups": [{k: v for k, v in g.items() if k != "params"}
-                                for g in opt.state_dict()["param_groups"]]})
+              {"step": step, "history": history, "param_groups": optimizer_groups(opt)})
     save_tensors(os.path.join(prior_dir, WEIGHTS), ema.model.state_dict(), metadata={"step": str(step)})
     save_json(os.path.join(prior_dir, CONFIG), {**identity, "step": step, "validation": history[-1],
                                                 "isovol_version": __version__})
@@ -414,21 +413,13 @@ def _save(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema:
 
 def _resume(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
             log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]]]:
-    cfg_path = os.path.join(prior_dir, CONFIG)
-    if not os.path.exists(cfg_path):
-        if any(f.endswith((".safetensors", ".json")) for f in os.listdir(prior_dir)):
-            raise InputError(f"{prior_dir} holds files but no {CONFIG}; use an empty directory")
+    saved = saved_identity(prior_dir, CONFIG, "prior directory")
+    if saved is None:
         return 0, []
-    saved = load_json(cfg_path, "prior directory")
     if saved.get("kind") != KIND:
         raise InputError(f"{prior_dir} holds a {saved.get('kind', 'unknown')!r} model, not an {KIND!r} prior; "
                          f"use a new directory")
-    changed = sorted(k for k in identity if saved.get(k) != identity[k] and k != "train")
-    train_changed = sorted(k for k in identity["train"] if saved.get("train", {}).get(k) != identity["train"][k]
-                           and k not in ("steps", "max_minutes"))
-    if changed or train_changed:
-        raise InputError(f"{prior_dir} holds a prior trained with other settings "
-                         f"({', '.join(changed + ['train.' + k for k in train_changed])}); use a new directory")
+    check_same_run(saved, identity, prior_dir, "a prior")
     ema_state = load_tensors(os.path.join(prior_dir, WEIGHTS), "prior directory")
     check_state(ema.model, ema_state, "prior directory")
     ema.model.load_state_dict(ema_state)
@@ -441,7 +432,7 @@ def _resume(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, em
     raw = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     check_state(model, raw, "prior directory")
     model.load_state_dict(raw)
-    _load_opt(opt, {k[len("opt."):]: v for k, v in tensors.items() if k.startswith("opt.")}, tj["param_groups"])
+    load_optimizer(opt, {k[len("opt."):]: v for k, v in tensors.items() if k.startswith("opt.")}, tj["param_groups"])
     step = int(tensors["step"]) if "step" in tensors else int(tj["step"])
     ema.updates = int(tensors["ema_updates"]) if "ema_updates" in tensors else step
     history = [h for h in tj.get("history", []) if h["step"] <= step]
