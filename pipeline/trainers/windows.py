@@ -35,8 +35,11 @@ class WindowSampler:
     """Samples windows from a volume held as a tensor on the training device.
 
     The volume is split along X into a training part and a held-out part (the last ``holdout`` fraction, at
-    least one patch wide);
-    every window lies wholly inside one part, so validation never sees a training voxel.
+    least one patch wide); every window lies wholly inside one part, so validation never sees a training voxel.
+    When a patch-wide held-out slab would leave the training part too narrow for some axis (a 250-wide volume
+    with 128 px patches keeps 122 columns: only X sequences fit), the slab is the plain ``holdout`` fraction
+    instead, provided it still holds validation windows (X sequences need only 3r + 1 columns): training
+    windows along every axis matter more than validation along every axis.
     """
 
     def __init__(self, volume: np.ndarray | torch.Tensor, factor: int, patch: int, axes: tuple[str, ...],
@@ -52,10 +55,16 @@ class WindowSampler:
         self.rows = min(patch, vol.shape[0]) if lateral else patch  # window slice height (coarse Z if lateral)
         self.device = torch.device(device)
         self.gen = np.random.default_rng(seed)
-        held = max(int(math.ceil(vol.shape[2] * holdout)), patch)  # at least one patch wide
-        split = vol.shape[2] - held
-        self.parts = {False: vol[:, :, :split], True: vol[:, :, split:]}
-        self.axes = {part: tuple(a for a in axes if self._fits(v, a)) for part, v in self.parts.items()}
+        base = int(math.ceil(vol.shape[2] * holdout))
+        best: tuple[tuple[bool, int], dict, dict] | None = None
+        for held in (max(base, patch), base):  # a patch-wide slab first; the plain fraction if it trains more axes
+            split = vol.shape[2] - held
+            parts = {False: vol[:, :, :split], True: vol[:, :, split:]}
+            found = {part: tuple(a for a in axes if self._fits(v, a)) for part, v in parts.items()}
+            rank = (bool(found[True]), len(found[False]))  # usable validation first, then training axes
+            if best is None or rank > best[0]:
+                best = (rank, parts, found)
+        _, self.parts, self.axes = best  # type: ignore[misc]
         for part, name in ((False, "training"), (True, "validation")):
             if not self.axes[part]:
                 raise ValueError(f"volume {tuple(vol.shape)}: its {name} part {tuple(self.parts[part].shape)} "

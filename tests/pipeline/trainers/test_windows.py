@@ -197,3 +197,17 @@ def test_lateral_windows_are_y_x_sequences_of_whole_coarse_planes(stack):
 def test_lateral_refuses_z_sequences(stack):
     with pytest.raises(ValueError, match="lateral windows run along y/x"):
         sampler(stack, axes=("z", "y", "x"), lateral=True)
+
+
+def test_a_narrow_volume_keeps_every_training_axis():
+    """100 columns and 56 px patches: a patch-wide held-out slab would leave 44 columns, too few for Z and Y
+    windows, so the slab is the plain 15 % (15 columns, enough for 13-slice X sequences) and training keeps
+    Z, Y and X.  Validation never touches a training column either way."""
+    z, y, x = np.meshgrid(*(np.arange(n) for n in (60, 60, 100)), indexing="ij")
+    vol = (z * 10_000 + y * 100 + x).astype(np.int32)
+    s = WindowSampler(vol, R, 56, ("z", "y", "x"), scale=1.0)
+    assert s.axes[False] == ("z", "y", "x") and s.axes[True] == ("x",)
+    assert s.parts[False].shape[2] == 85
+    train_x = decode(s.sample(8).window)[2]
+    val_x = decode(s.sample(8, valid=True).window)[2]
+    assert train_x.max() < 85 <= val_x.min()
