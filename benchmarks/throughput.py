@@ -42,6 +42,7 @@ import numpy as np
 from isovol.pipeline.methods.base import Halo, Method
 
 FACTOR = 8
+WINDOWS_PER_SHARD = 8  # shards of 8 * FACTOR output slices
 
 
 def log(msg: str = "") -> None:
@@ -149,7 +150,9 @@ def model_only_on_worker(model_dir: str, tile: int, seconds: float) -> list[dict
         torch.backends.cudnn.benchmark = True
     depths = torch.arange(1, FACTOR, dtype=torch.float32, device=dev) / FACTOR
     side = _round_up(tile + 2 * method.margin, ALIGN)
-    batch = method._batch(dev, side, side, FACTOR - 1)
+    # the batch the method would choose, but no more than the windows of one shard (the executor's piece): the
+    # end-to-end run never batches more than that
+    batch = min(method._batch(dev, side, side, FACTOR - 1), WINDOWS_PER_SHARD)
     rows = []
     for label, size in (("same tiles as the method (tile + margins)", side), ("margin-free tiles", tile)):
         x = torch.rand(batch, 1, 4, size, size, device=dev)
@@ -256,8 +259,8 @@ def dgean(root: str, args: argparse.Namespace, sample: np.ndarray) -> dict[str, 
     recipe = "tiny" if args.quick else args.recipe
     tile = args.tile or (32 if args.quick else 512)
     yx = tile * 2  # a shard holds 2 x 2 tiles and 8 windows (64 output slices)
-    shard = (8 * FACTOR, yx, yx)
-    block = (4 * 8 * FACTOR, yx, yx)  # 4 shards along Z: the executor pipelines them (read / compute / write)
+    shard = (WINDOWS_PER_SHARD * FACTOR, yx, yx)
+    block = (4 * WINDOWS_PER_SHARD * FACTOR, yx, yx)  # 4 shards along Z, pipelined by the executor
     model_dir = untrained_model(root, recipe)
     options: dict[str, Any] = {"tile": tile}
     if args.windows_per_batch:
@@ -308,6 +311,10 @@ def dgean(root: str, args: argparse.Namespace, sample: np.ndarray) -> dict[str, 
         variants = [("pipelined", True)] + ([] if args.no_serial else [("serial", False)])
         for rep in range(args.repeats):  # alternated, best of each: a busy host disturbs both alike
             for label, overlap in variants:
+                longest = max([r["seconds"] for r in runs.values()], default=0.0)
+                if runs and time.monotonic() + 1.2 * longest > args.deadline:
+                    log(f"end to end, {label}, run {rep + 1}: skipped (it would pass the --budget)")
+                    continue
                 dst = os.path.join(root, f"e2e-out-{label}.ome.zarr")
                 with GPUSampler() as gpu:
                     t0 = time.perf_counter()
@@ -363,11 +370,14 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=None, help="Y/X size of the end-to-end volume [default: from "
                                                            "--seconds and the model-only speed]")
     ap.add_argument("--max-size", type=int, default=8192)
+    ap.add_argument("--budget", type=float, default=480.0,
+                    help="seconds for the whole call: end-to-end repeats that would pass it are skipped")
     ap.add_argument("--overhead-workers", default=None, help="comma-separated worker counts for (a)")
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-dgean", action="store_true")
     ap.add_argument("--no-serial", action="store_true", help="skip the end-to-end run without the pipeline")
     args = ap.parse_args()
+    args.deadline = time.monotonic() + args.budget
     if args.quick:
         args.seconds = min(args.seconds, 10.0)
     os.makedirs(args.out, exist_ok=True)
