@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from clirun import ISOVOL, run_isovol, tree
 
 from isovol.workflows.demo_data import load_crop
-
-ISOVOL = str(Path(sys.executable).with_name("isovol"))
 
 
 @pytest.fixture(scope="session")
@@ -32,30 +26,14 @@ def client():
         yield c
 
 
-def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run the installed ``isovol`` command as a user would."""
-    return subprocess.run([ISOVOL, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
 def cli():
-    return run_cli
+    return run_isovol
 
 
 @pytest.fixture
 def isovol_exe() -> str:
     return ISOVOL
-
-
-def tree(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
-    """Every file below ``path`` with its size and mtime (ns): a snapshot to prove nothing changed."""
-    out = {}
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            st = os.stat(p)
-            out[os.path.relpath(p, path)] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import zarr
+from clirun import error_line
 
 from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import get_method, upsample_array
@@ -42,16 +43,6 @@ def finished(tmp_path_factory, inputs, client) -> str:
     assert upsample(UpsampleRequest(input=inputs["zarr"], output=out, factor=FACTOR, block_shape=(64, 32, 32),
                                     progress=False), client=client).ok
     return out
-
-
-def error_line(res) -> str:
-    """The single non-empty stderr line of a refused command."""
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected exactly one stderr line, got:\n{res.stderr}"
-    assert lines[0].startswith("isovol: error"), lines[0]
-    assert res.returncode != 0
-    assert "Traceback" not in res.stderr
-    return lines[0]
 
 
 BAD = [

@@ -8,14 +8,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
+from clirun import error_line, read_output, tree
+from clirun import run_isovol as run
 
 from isovol.pipeline.errors import InputError, ResumeError
 from isovol.pipeline.io.omezarr import read_attributes, write_image
@@ -27,39 +26,10 @@ from isovol.workflows.upsample import UpsampleRequest, upsample
 
 FACTOR = 8
 TILE = 32  # small tiles: several per block, partial ones at block edges
-ISOVOL = str(Path(sys.executable).with_name("isovol"))
-
-
-def run(*args, cwd=None) -> subprocess.CompletedProcess:
-    """The installed command, with one OpenMP thread so that it does not fight the other tests for cores."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([ISOVOL, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env=env)
-
-
-def error_line(res: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected exactly one stderr line, got:\n{res.stderr}"
-    assert lines[0].startswith("isovol: error"), lines[0]
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    return lines[0]
-
-
-def read_output(url) -> np.ndarray:
-    return zarr.open_array(store=os.path.join(str(url), "0"), mode="r")[...]
 
 
 def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def tree(path) -> dict[str, tuple[int, int]]:
-    out = {}
-    for dirpath, _dirs, names in os.walk(path):
-        for n in names:
-            st = os.stat(os.path.join(dirpath, n))
-            out[os.path.relpath(os.path.join(dirpath, n), path)] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 # ------------------------------------------------------------------------------ blockwise = single call

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import zarr
+from clirun import read_output
 
 from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import get_method, upsample_array
@@ -34,10 +35,6 @@ def write_input(path, volume: np.ndarray, factor: int) -> str:
     url = str(path)
     write_image(url, volume, (10.0 * factor, 10.0, 10.0))
     return url
-
-
-def read_output(url: str) -> np.ndarray:
-    return zarr.open_array(store=os.path.join(url, "0"), mode="r")[...]
 
 
 def markers(url: str) -> set[str]:

@@ -10,13 +10,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
+from clirun import error_line, read_output, tree
+from clirun import run_isovol as run
 
 from isovol.pipeline.errors import InputError
 from isovol.pipeline.io.omezarr import read_attributes, write_image
@@ -28,36 +28,8 @@ from isovol.workflows.upsample import UpsampleRequest, upsample
 R = 8
 TILE, MARGIN, STEPS = 32, 8, 2
 OPTS = {"tile": TILE, "margin": MARGIN, "steps": STEPS}
-ISOVOL = str(Path(sys.executable).with_name("isovol"))
 REGION, OFFSET = "2:7,16:80,32:96", (2, 16, 32)  # of the (17, 128, 128) CLI source
 ORIGIN, VOXEL = (1000.0, 2000.0, 3000.0), (80.0, 10.0, 10.0)
-
-
-def run(*args, cwd=None) -> subprocess.CompletedProcess:
-    """The installed command, with one OpenMP thread so that it does not fight the other tests for cores."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([ISOVOL, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-
-
-def error_line(res: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected exactly one stderr line, got:\n{res.stderr}"
-    assert lines[0].startswith("isovol: error"), lines[0]
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    return lines[0]
-
-
-def read_output(url) -> np.ndarray:
-    return zarr.open_array(store=os.path.join(str(url), "0"), mode="r")[...]
-
-
-def tree(path) -> dict[str, tuple[int, int]]:
-    out = {}
-    for dirpath, _dirs, names in os.walk(path):
-        for n in names:
-            st = os.stat(os.path.join(dirpath, n))
-            out[os.path.relpath(os.path.join(dirpath, n), path)] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 @pytest.fixture(scope="module")

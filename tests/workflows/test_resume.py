@@ -11,7 +11,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-import zarr
+from clirun import read_output
 
 from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import get_method, upsample_array
@@ -50,10 +50,6 @@ def done_markers(out) -> dict[str, int]:
 
 def partial_files(out) -> list[str]:
     return [os.path.join(d, f) for d, _, fs in os.walk(str(out)) for f in fs if f.endswith(".partial")]
-
-
-def read_output(out) -> np.ndarray:
-    return zarr.open_array(store=os.path.join(str(out), "0"), mode="r")[...]
 
 
 def summary_counts(stderr: str) -> tuple[int, int, int, int]:

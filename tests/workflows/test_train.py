@@ -10,43 +10,20 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from importlib.resources import files
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from clirun import ISOVOL, error_line, tree
+from clirun import ONE_THREAD as ENV
+from clirun import run_isovol as run
 
 from isovol.pipeline.io.omezarr import write_image
 from isovol.workflows.train import default_region
 
 R = 8
-ISOVOL = str(Path(sys.executable).with_name("isovol"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def tree(path) -> dict[str, tuple[int, int]]:
-    """Every file below ``path`` with its size and mtime (ns)."""
-    out = {}
-    for dirpath, _dirs, names in os.walk(path):
-        for n in names:
-            st = os.stat(os.path.join(dirpath, n))
-            out[os.path.relpath(os.path.join(dirpath, n), path)] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
-def run(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([ISOVOL, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def error_line(res: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected exactly one stderr line, got:\n{res.stderr}"
-    assert lines[0].startswith("isovol: error"), lines[0]
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    return lines[0]
 
 
 def summary(stderr: str) -> str:

@@ -6,30 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import error_line
+from clirun import run_isovol as run
 
 from isovol.pipeline.io.omezarr import write_image
-
-ISOVOL = str(Path(sys.executable).with_name("isovol"))
-
-
-def run(*args, cwd=None) -> subprocess.CompletedProcess:
-    """The installed command, with one OpenMP thread so that it does not fight the other tests for cores."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([ISOVOL, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-
-
-def error_line(res: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected exactly one stderr line, got:\n{res.stderr}"
-    assert lines[0].startswith("isovol: error"), lines[0]
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import zarr
+from clirun import read_output
 
 from isovol.pipeline.errors import InputError, OutputError, ResumeError
 from isovol.pipeline.io.omezarr import write_image
@@ -40,10 +41,6 @@ def expected(volume) -> np.ndarray:
 def request(source: str, out, **kw) -> UpsampleRequest:
     kw.setdefault("block_shape", (32, 32, 32))
     return UpsampleRequest(input=source, output=str(out), factor=FACTOR, progress=False, **kw)
-
-
-def read_output(url) -> np.ndarray:
-    return zarr.open_array(store=os.path.join(str(url), "0"), mode="r")[...]
 
 
 def files(path) -> dict[str, tuple[int, int]]:
