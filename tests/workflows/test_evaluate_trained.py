@@ -6,24 +6,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from importlib.resources import files
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from clirun import run_isovol
 
 from isovol.pipeline.io.omezarr import write_image
 
 FACTOR = 8
-EXE = str(Path(sys.executable).with_name("isovol"))
 
 
 def run(*args) -> subprocess.CompletedProcess:
-    # one torch thread: tiny tensors on shared cores train many times faster without OpenMP contention
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600, env=env)
+    return run_isovol(*args, timeout=600)
 
 
 @pytest.fixture(scope="module")
