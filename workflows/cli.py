@@ -371,7 +371,8 @@ def demo(out_dir: str, factor: int, workers: int, recipe: str, device: str | Non
               help="Folder for metrics.json, fsc.json, report.md, the figures and the work files.")
 @click.option("--labels", "labels_url", default=None, metavar="LABELS",
               help="Dense neuron labels aligned with GT: adds the membrane-boundary F1 measure.")
-@click.option("--inception", default=None, metavar="FILE", help="Inception weights for SliceFID.")
+@click.option("--inception", default=None, metavar="FILE",
+              help="FID Inception weights as safetensors (made once by tools/convert_inception.py) for SliceFID.")
 @block_opt
 @click.option("--workers", type=int, default=None, help="Workers of the embedded LocalCluster [default: cores].")
 @cluster_opt
