@@ -28,6 +28,7 @@ log = logging.getLogger("isovol")
 NAME = "isovol-models"
 #: the prefix of the executor's block task keys (workflows/executor.py)
 BLOCK_KEY_PREFIX = "isovol-block-"
+_RUNNING = ("executing", "long-running")
 
 
 class ModelPlugin(WorkerPlugin):
@@ -51,8 +52,9 @@ class ModelPlugin(WorkerPlugin):
             cache.disable()
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        # runs in the worker's event loop once a block task has left the executing state
-        if (self.release_after_block and start == "executing" and isinstance(key, str)
+        # runs in the worker's event loop; a block task ends from "executing", or from "long-running" once it has
+        # handed its thread over (workflows/executor.py, _hand_over_thread)
+        if (self.release_after_block and start in _RUNNING and finish not in _RUNNING and isinstance(key, str)
                 and key.startswith(BLOCK_KEY_PREFIX) and cache.release_gpu_memory()):
             self.releases += 1
 

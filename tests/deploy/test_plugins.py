@@ -90,8 +90,10 @@ def test_gpu_memory_is_released_after_block_tasks_only_when_cuda_is_in_use(monke
         plugin.transition("isovol-block-0.0.0-abc", "executing", "memory")
         plugin.transition("isovol-block-0.0.1-abc", "executing", "error")
         plugin.transition("isovol-block-0.0.2-abc", "ready", "executing")  # starting, not finishing
+        plugin.transition("isovol-block-0.0.2-abc", "executing", "long-running")  # handed its thread over
+        plugin.transition("isovol-block-0.0.2-abc", "long-running", "memory")  # ...and finished
         plugin.transition("some-other-task", "executing", "memory")  # not ours
-        assert len(emptied) == 2 and plugin.releases == 2
+        assert len(emptied) == 3 and plugin.releases == 3
         assert plugin.name == NAME and plugin.idempotent
     finally:
         plugin.teardown(worker=None)
