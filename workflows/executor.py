@@ -291,8 +291,10 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
 
 
 class _InFlight:
-    """How many blocks to keep submitted: two per worker thread, re-read every few seconds because workers of
-    a batch-queue or adaptive cluster arrive (and leave) while the run is going."""
+    """How many blocks to keep submitted: three per worker thread -- one computing, one finishing its writes after
+    handing the thread over (``_hand_over_thread``), one queued so the thread never waits for the client -- re-read
+    every few seconds because workers of a batch-queue or adaptive cluster arrive (and leave) while the run is
+    going."""
 
     def __init__(self, client: Any, fixed: int | None, every: float = 5.0):
         self.client, self.fixed, self.every = client, fixed, every
@@ -307,7 +309,7 @@ class _InFlight:
         now = time.monotonic()
         if now - self.checked >= self.every:
             self.checked = now
-            self.value = 2 * max(1, sum(self.client.nthreads().values()))
+            self.value = 3 * max(1, sum(self.client.nthreads().values()))
         return self.value
 
 
