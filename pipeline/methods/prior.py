@@ -27,6 +27,7 @@ import numpy as np
 from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, load_tensors
 from ..errors import InputError
 from .base import Halo, Method, cast_like
+from .cache import shared_model
 from .interp import Interpolation
 
 KIND = "irsde-prior"
@@ -111,10 +112,18 @@ class PriorRecovery(Method):
         net.load_state_dict(state)
         return net.eval()
 
+    def _load(self):
+        return self._build().to(self._dev())
+
     @property
     def net(self):
+        """On a worker with the isovol plugin: the worker's cached copy (loaded once for all blocks and runs);
+        elsewhere: loaded lazily, once per copy of this method."""
+        shared = shared_model(("irsde-prior", self.prior_dir, self.model_hash, self._dev()), self._load)
+        if shared is not None:
+            return shared
         if self._net is None:
-            self._net = self._build().to(self._dev())
+            self._net = self._load()
         return self._net
 
     def preferred_block_shape(self, out_shape: tuple[int, int, int]) -> tuple[int, int, int]:

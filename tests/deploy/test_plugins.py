@@ -98,3 +98,26 @@ def test_gpu_memory_is_released_after_block_tasks_only_when_cuda_is_in_use(monke
     finally:
         plugin.teardown(worker=None)
     assert cache.active() is None
+
+
+def test_the_stage_two_prior_loads_once_per_worker_too(tmp_path):
+    """Stage II's prior takes the worker's cached copy as DGEAN does: one load for all blocks of two runs."""
+    from isovol.pipeline.trainers.prior import resolve_recipe as prior_recipe
+    from isovol.pipeline.trainers.prior import train_prior
+
+    mcfg, sde, tcfg = prior_recipe("tiny")
+    prior = str(tmp_path / "prior")
+    volume = np.ascontiguousarray(load_crop()[0][:33:R, :32, :32])  # (5, 32, 32) -> (33, 32, 32)
+    train_prior(volume, prior, R, model_config=mcfg, sde=sde, device="cpu", log=lambda _: None,
+                train=replace(tcfg, steps=1, patch=17, val_every=1, ckpt_every=1, val_patches=1, val_restore=0))
+    src = str(tmp_path / "in.ome.zarr")
+    write_image(src, volume, (80.0, 10.0, 10.0))
+    options = {"tile": 16, "margin": 4, "steps": 1, "t_start": 25, "device": "cpu"}
+    with cluster_client(1, processes=False) as client:
+        for run in range(2):
+            req = UpsampleRequest(input=src, output=str(tmp_path / f"o{run}.ome.zarr"), factor=R,
+                                  method="d2r-recover", model=prior, method_options=options,
+                                  block_shape=(16, 16, 32), progress=False)
+            assert upsample(req, client=client).ok
+        (stats,) = worker_stats(client).values()
+    assert stats["loads"] == 1 and stats["hits"] >= 2 * 2, stats
