@@ -236,7 +236,8 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
     run_id = uuid.uuid4().hex[:8]
     queue: deque[Block] = deque(blocks)
     attempts: dict[str, int] = {}
-    running: dict[Any, tuple[Block, float]] = {}
+    # future -> (block, when its time-out clock started): None while it waits behind the blocks submitted before it
+    running: dict[Any, tuple[Block, float | None]] = {}
     bar = _Progress(total, skipped, progress)
     aborted = False
     try:
@@ -246,15 +247,17 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
                 n = attempts.get(block.key, 0)
                 key = f"isovol-block-{block.key}-{ctx.digest[:8]}-{run_id}-{n}"
                 fut = client.submit(run_block, ctx_future, block, key=key, pure=False)
-                running[fut] = (block, time.monotonic())
+                running[fut] = (block, None)
             if aborted and not running:
                 break
+            _start_clocks(running, window.threads(), time.monotonic())
             try:
                 finished, _ = wait(list(running), timeout=min(timeout or 1.0, 1.0), return_when="FIRST_COMPLETED")
             except TimeoutError:
                 finished = set()
             now = time.monotonic()
-            expired = {f for f, (_, t) in running.items() if timeout and now - t > timeout and f not in finished}
+            expired = {f for f, (_, t) in running.items()
+                       if timeout and t is not None and now - t > timeout and f not in finished}
             for fut in list(finished) + list(expired):
                 block, _ = running.pop(fut)
                 if fut in expired:
@@ -290,6 +293,17 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
     return summary
 
 
+def _start_clocks(running: dict[Any, tuple[Block, float | None]], threads: int, now: float) -> None:
+    """Start the time-out clock of the oldest ``threads`` submitted blocks: the window keeps three blocks per
+    thread, so a block's clock starts when it can have begun, not while it waits in a worker's queue (a clock
+    from submission would time out healthy blocks queued behind long ones).  Blocks run in submission order, so
+    this is when a thread frees up for it, or later (a block finishing its writes after handing its thread over
+    still counts): late, never early."""
+    for fut, (block, started) in list(running.items())[:threads]:
+        if started is None:
+            running[fut] = (block, now)
+
+
 class _InFlight:
     """How many blocks to keep submitted: three per worker thread -- one computing, one finishing its writes after
     handing the thread over (``_hand_over_thread``), one queued so the thread never waits for the client -- re-read
@@ -298,18 +312,20 @@ class _InFlight:
 
     def __init__(self, client: Any, fixed: int | None, every: float = 5.0):
         self.client, self.fixed, self.every = client, fixed, every
-        self.value, self.checked = 1, -float("inf")
+        self.value, self.checked = 1, -float("inf")  # worker threads, and when they were last counted
         if fixed is None and not client.nthreads():
             log.info("waiting for the first worker to join the cluster")
             client.wait_for_workers(1)
 
     def limit(self) -> int:
-        if self.fixed is not None:
-            return self.fixed
+        return self.fixed if self.fixed is not None else 3 * self.threads()
+
+    def threads(self) -> int:
+        """Worker threads in the cluster now (at least 1)."""
         now = time.monotonic()
         if now - self.checked >= self.every:
             self.checked = now
-            self.value = 3 * max(1, sum(self.client.nthreads().values()))
+            self.value = max(1, sum(self.client.nthreads().values()))
         return self.value
 
 

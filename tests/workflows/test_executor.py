@@ -255,6 +255,32 @@ def test_block_timeout_is_retried(tmp_path, client, crop, inject):
     assert np.array_equal(read_output(out), upsample_array(volume, 8, get_method("cubic")))
 
 
+class SlowEvery(Interpolation):
+    """Cubic interpolation that takes ``seconds`` for every block."""
+
+    def __init__(self, seconds: float):
+        super().__init__("cubic")
+        self.seconds = seconds
+
+    def apply(self, data, factor, start, stop):
+        time.sleep(self.seconds)
+        return super().apply(data, factor, start, stop)
+
+
+def test_block_timeout_counts_from_when_a_block_can_start_not_from_submission(tmp_path, client, crop, inject):
+    """Three blocks per worker thread are submitted at once; the last ones wait 1.2 s behind the others before
+    they start. A clock from submission would time them out (0.6 s of work, 1.8 s after submission, 1.5 s
+    limit); a clock from when a thread is free for them does not."""
+    inject(SlowEvery(0.6))
+    volume = lowres(crop, 8)
+    src = write_input(tmp_path / "in.ome.zarr", volume, 8)
+    out = str(tmp_path / "out.ome.zarr")
+    summary = upsample(UpsampleRequest(input=src, output=out, factor=8, block_shape=(129, 32, 20), retries=0,
+                                       block_timeout=1.5, progress=False), client=client)
+    assert summary.total == 8 and summary.ok, summary.line()
+    assert summary.retried == 0 and not summary.failed
+
+
 @pytest.mark.parametrize("exc,transient", [
     (ConnectionError("reset"), True),
     (TimeoutError("slow"), True),
