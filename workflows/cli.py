@@ -169,6 +169,8 @@ def plan(input_url: str, factor: str, method: str, model_dir: str | None, block_
         ("per block", f"input {_fmt_bytes(b['input'])}, output {_fmt_bytes(b['output'])}, "
                       f"working {_fmt_bytes(b['working'])}"),
         ("peak memory per task", _fmt_bytes(b["peak"])),
+        # a task hands its thread to the next block before its writes finish (workflows/executor.py)
+        ("per worker thread", f"up to {_fmt_bytes(2 * b['peak'])}: one block computing, one finishing its writes"),
     ]
     width = max(len(r[0]) for r in rows)
     for k, v in rows:
