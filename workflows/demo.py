@@ -5,7 +5,7 @@ slice is kept, D2R is trained on that decimated stack alone (Stage I prior on it
 of its XZ/YZ slices, Stage III DGEAN), and the classical methods and the trained DGEAN upsample it back
 through the real blockwise executor; everything is scored against the crop.
 
-At this scale (17 input slices, a CPU, the ``cpu-tiny`` recipe: about a minute of training) the learned
+At this scale (17 input slices, a CPU, the ``cpu-tiny`` recipe: about 20 s of training) the learned
 stages are a run of the whole flow, not a useful model: expect D2R within a few tenths of a dB of cubic.
 The gains need the ``gpu-default`` recipe on a real volume (BENCHMARKS.md); ``--recipe`` picks another.
 """
