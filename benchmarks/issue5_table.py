@@ -13,7 +13,7 @@ detector on the ground truth: training_sample1 has no labels), wall time per tra
 
 Resumable: all work lives in ``--work`` (default devruns/issue5, git-ignored).  Each call stops starting work
 when ``--budget-minutes`` run out (trainings pause at a checkpoint 90 s before, leaving room to score a finished
-row; Stage I only starts with room for its own budget), and the same command continues where it stopped.
+row; Stages I and III pause at a checkpoint), and the same command continues where it stopped.
 A finished row is one JSON file in WORK/rows/ (also copied to $OUT/rows/ when $OUT is set): carry that folder
 to a fresh machine and finished rows are not redone.
 The table is printed once every row exists; exit status 3 means "not yet, run the same command again".

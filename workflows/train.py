@@ -320,8 +320,8 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
             log.info("%s: done in an earlier run (%.0f s), skipped", TITLES[s], st.get("seconds", 0.0))
             report[s] = {"ran": False, "seconds": 0.0}
             continue
-        if deadline is not None and deadline - time.time() < _room(s, objs):
-            log.info("%s: paused before it (less than %.0f s left before the deadline)", TITLES[s], _room(s, objs))
+        if deadline is not None and deadline - time.time() < _room(s):
+            log.info("%s: paused before it (less than %.0f s left before the deadline)", TITLES[s], _room(s))
             paused = s
             break
         resumed = st is not None
@@ -330,16 +330,18 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
         _save_state(model_dir, state)
         log.info("%s: %s", TITLES[s], "resuming" if resumed else "starting")
         t0 = time.perf_counter()
+        stopped = False  # paused at the deadline (Stages I and III checkpoint and resume)
         if s == "prior":
-            _stage_prior(vol, box, model_dir, factor, objs["prior"], device, inp)
+            stopped = _stage_prior(vol, box, model_dir, factor, objs["prior"], device, inp, deadline)
         elif s == "recover":
             _stage_recover(input_url, model_dir, factor, norm["recover"], box, workers, device, options,
                            voxel_size, processes, cluster, cluster_config)
         else:
             validation = _stage_dgean(model_dir, factor, objs["dgean"], device, deadline)
+            stopped = bool(validation.get("paused"))
         took = time.perf_counter() - t0
         st["seconds"] = st["seconds"] + took
-        if validation.get("paused"):
+        if stopped:
             _save_state(model_dir, state)
             report[s] = {"ran": True, "seconds": took}
             paused = s
@@ -364,25 +366,25 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
     return {"stages": report, "validation": validation, "line": line, "paused": None}
 
 
-def _room(stage: str, objs: dict[str, Any]) -> float:
-    """Seconds a stage needs left before a deadline to be started: Stage I cannot pause (its time budget plus
-    a margin), Stage II is short and resumable by block, Stage III pauses at the deadline itself."""
-    if stage == "prior":
-        minutes = objs["prior"][2].max_minutes
-        return 60.0 * minutes + 90.0 if minutes else 0.0
+def _room(stage: str) -> float:
+    """Seconds a stage needs left before a deadline to be started: Stage II is short and resumable by block,
+    Stages I and III pause at the deadline themselves (a checkpoint; a rerun resumes)."""
     return 180.0 if stage == "recover" else 60.0
 
 
 def _stage_prior(vol: Any, box: tuple[slice, slice, slice], model_dir: str, factor: int, objs: tuple,
-                 device: str | None, inp: dict[str, Any]) -> None:
+                 device: str | None, inp: dict[str, Any], deadline: float | None = None) -> bool:
+    """Train (or resume) Stage I; True when it paused at ``deadline`` before its budget was spent."""
     from ..pipeline.trainers.prior import train_prior
 
     mcfg, sde, tcfg = objs
     data = vol.read(box)
     source = {"url": inp["url"], "region": [[b.start, b.stop] for b in box], "shape": list(data.shape),
               "dtype": str(data.dtype)}
-    train_prior(data, os.path.join(model_dir, PRIOR_DIR), factor, model_config=mcfg, train=copy.deepcopy(tcfg),
-                sde=sde, device=device, source=source, log=log.info)
+    result = train_prior(data, os.path.join(model_dir, PRIOR_DIR), factor, model_config=mcfg,
+                         train=copy.deepcopy(tcfg), sde=sde, device=device, source=source, log=log.info,
+                         deadline=deadline)
+    return not result["finished"]
 
 
 def _stage_recover(input_url: str, model_dir: str, factor: int, rec: dict[str, Any],

@@ -295,9 +295,12 @@ def _describe(v: dict[str, Any]) -> str:
 
 def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config: Any, train: PriorTrainConfig,
                 sde: dict[str, Any] | None = None, device: str | None = None, source: dict[str, Any] | None = None,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print, deadline: float | None = None) -> dict[str, Any]:
     """Train (or resume training) the Stage I prior on the XY slices of ``volume`` (z, y, x) and leave a
-    loadable prior in ``prior_dir``; returns {"steps", "history", "seconds", "model_hash"}."""
+    loadable prior in ``prior_dir``; returns {"steps", "history", "seconds", "finished", "model_hash"},
+    ``finished`` False when it paused at ``deadline`` (a ``time.time()``; checkpointed, a rerun resumes).
+    ``max_minutes`` counts training time over all runs of the directory, so a paused and resumed run gets the
+    same budget and learning-rate schedule as an uninterrupted one; ``deadline`` changes neither."""
     from ..models.irsde import IRSDE
     from ..models.nafnet import build_nafnet
 
@@ -335,7 +338,7 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
     ema = EMA(model, train.ema)
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(0.9, train.beta2),
                             weight_decay=train.weight_decay)
-    step, history = _resume(prior_dir, identity, model, ema, opt, log)
+    step, history, spent = _resume(prior_dir, identity, model, ema, opt, log)
     if step < train.steps:
         n_train, n_held = sampler.parts[False].shape[0], sampler.parts[True].shape[0]
         log(f"training the Stage I prior at factor {factor} on {n_train} XY slices of {volume.shape[1]}x"
@@ -355,17 +358,24 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
         history.append(validate())
         log(f"step 0: {_describe(history[-1])}")
     t0 = last_log = time.perf_counter()
+    finished = True
     model.train()
     loss = torch.zeros(())
     while step < train.steps:
-        if train.max_minutes is not None and time.perf_counter() - t0 > 60 * train.max_minutes:
+        elapsed = spent + time.perf_counter() - t0
+        if train.max_minutes is not None and elapsed > 60 * train.max_minutes:
             log(f"time budget of {train.max_minutes:g} min reached at step {step}")
             if history[-1]["step"] != step:
                 history.append(validate())
-            _save(prior_dir, identity, model, ema, opt, step, history)
+            _save(prior_dir, identity, model, ema, opt, step, history, elapsed)
+            break
+        if deadline is not None and time.time() > deadline:
+            log(f"paused at step {step} (deadline); a rerun resumes here")
+            _save(prior_dir, identity, model, ema, opt, step, history, elapsed)
+            finished = False
             break
         for g in opt.param_groups:
-            g["lr"] = _lr(step, train, time.perf_counter() - t0)  # type: ignore[arg-type]
+            g["lr"] = _lr(step, train, elapsed)  # type: ignore[arg-type]
         x0 = sampler.sample(train.batch)
         cond = add_noise(x0, train.noise_poisson, train.noise_gaussian, noise_rng)
         mu = degrade_rows(cond, factor)
@@ -384,19 +394,19 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
             history.append(validate())
             model.train()
         if step % train.ckpt_every == 0 or step == train.steps:
-            _save(prior_dir, identity, model, ema, opt, step, history)
+            _save(prior_dir, identity, model, ema, opt, step, history, spent + time.perf_counter() - t0)
         if time.perf_counter() - last_log > 10 or step == train.steps:
             last_log = time.perf_counter()
             log(f"step {step}/{train.steps}: loss {float(loss.detach()):.5f}; {_describe(history[-1])} "
                 f"at step {history[-1]['step']}, {time.perf_counter() - t0:.0f} s")
     if not os.path.exists(os.path.join(prior_dir, WEIGHTS)):
-        _save(prior_dir, identity, model, ema, opt, step, history)
-    return {"steps": step, "history": history, "seconds": time.perf_counter() - t0,
+        _save(prior_dir, identity, model, ema, opt, step, history, spent + time.perf_counter() - t0)
+    return {"steps": step, "history": history, "seconds": time.perf_counter() - t0, "finished": finished,
             "model_hash": file_sha256(os.path.join(prior_dir, WEIGHTS))}
 
 
 def _save(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
-          step: int, history: list[dict[str, Any]]) -> None:
+          step: int, history: list[dict[str, Any]], elapsed: float) -> None:
     """Trainer state first, the EMA weights and config.json last (the step is in each file, so a resume after
     a kill between the writes still restarts from consistent raw weights and optimiser state)."""
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -405,17 +415,18 @@ def _save(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema:
     state["ema_updates"] = torch.tensor(ema.updates, dtype=torch.int64)
     save_tensors(os.path.join(prior_dir, TRAINER_STATE), state)
     save_json(os.path.join(prior_dir, TRAINER_JSON),
-              {"step": step, "history": history, "param_groups": optimizer_groups(opt)})
+              {"step": step, "history": history, "elapsed_s": elapsed, "param_groups": optimizer_groups(opt)})
     save_tensors(os.path.join(prior_dir, WEIGHTS), ema.model.state_dict(), metadata={"step": str(step)})
     save_json(os.path.join(prior_dir, CONFIG), {**identity, "step": step, "validation": history[-1],
                                                 "isovol_version": __version__})
 
 
 def _resume(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
-            log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]]]:
+            log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]], float]:
+    """(step, validation history, training seconds spent so far) of the directory's last checkpoint."""
     saved = saved_identity(prior_dir, CONFIG, "prior directory")
     if saved is None:
-        return 0, []
+        return 0, [], 0.0
     if saved.get("kind") != KIND:
         raise InputError(f"{prior_dir} holds a {saved.get('kind', 'unknown')!r} model, not an {KIND!r} prior; "
                          f"use a new directory")
@@ -437,4 +448,4 @@ def _resume(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, em
     ema.updates = int(tensors["ema_updates"]) if "ema_updates" in tensors else step
     history = [h for h in tj.get("history", []) if h["step"] <= step]
     log(f"resuming training of {prior_dir} at step {step}")
-    return step, history
+    return step, history, float(tj.get("elapsed_s", 0.0))

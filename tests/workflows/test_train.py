@@ -221,3 +221,29 @@ def test_a_deadline_pauses_before_a_stage_without_room(trained, source, tmp_path
     assert not os.path.exists(os.path.join(fresh, "prior"))
     done = run_train(source, trained[0], R, recipe="cpu-tiny", workers=1, deadline=0.0, processes=False)
     assert done["paused"] is None and all(not r["ran"] for r in done["stages"].values())
+
+
+def test_a_deadline_pauses_inside_stage_one_and_a_rerun_finishes_it_within_its_budget(source, tmp_path,
+                                                                                         monkeypatch):
+    """Stage I pauses at the deadline with a checkpoint (so a budgeted call needs no room for all of Stage I up
+    front); the rerun resumes it and its time budget counts both runs."""
+    from isovol.workflows import train as train_mod
+
+    spec = yaml.safe_load(files("isovol.workflows").joinpath("recipes", "cpu-tiny.yaml").read_text())
+    spec["prior"]["train"].update(steps=10**6, max_minutes=0.05, ckpt_every=10**6, val_every=10**6)
+    recipe = tmp_path / "long-prior.yaml"
+    recipe.write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(train_mod, "_room", lambda stage: 0.0)  # start Stage I however close the deadline is
+    model = str(tmp_path / "m")
+    first = train_mod.run_train(source, model, R, recipe=str(recipe), workers=1, deadline=time.time() + 1.0,
+                                processes=False)
+    assert first["paused"] == "prior" and first["stages"]["prior"]["ran"]
+    with open(os.path.join(model, "prior", "trainer.json")) as f:
+        paused_at = json.load(f)
+    assert 0 < paused_at["elapsed_s"] < 3.0, "paused before its 3 s budget was spent"
+    second = train_mod.run_train(source, model, R, recipe=str(recipe), workers=1, processes=False)
+    assert second["paused"] is None and all(r["ran"] for r in second["stages"].values())
+    with open(os.path.join(model, "prior", "trainer.json")) as f:
+        done = json.load(f)
+    assert done["step"] > paused_at["step"] and 3.0 <= done["elapsed_s"] < 3.0 + 10.0
+    assert os.path.isfile(os.path.join(model, "model.safetensors"))

@@ -47,11 +47,11 @@ def recipe(**train):
     return mcfg, sde, replace(tcfg, **train)
 
 
-def train(volume, prior_dir, factor=FACTOR, **kw) -> tuple[dict, list[str]]:
+def train(volume, prior_dir, factor=FACTOR, deadline=None, **kw) -> tuple[dict, list[str]]:
     mcfg, sde, tcfg = recipe(**kw)
     lines: list[str] = []
     result = train_prior(volume, str(prior_dir), factor, model_config=mcfg, train=tcfg, sde=sde, device="cpu",
-                         log=lines.append)
+                         log=lines.append, deadline=deadline)
     return result, lines
 
 
@@ -274,3 +274,26 @@ def test_t_max_keeps_training_and_validation_timesteps_in_range(tmp_path, aniso,
     assert max(seen) == 30 and min(seen) >= 1, "validation spreads over 1..t_max, training stays in it"
     with pytest.raises(InputError, match=r"t_max must be in \[1, T=100\], got 101"):
         train(aniso, tmp_path / "other", steps=1, t_max=101)
+
+
+def test_a_deadline_pauses_at_a_checkpoint_and_a_rerun_resumes(tmp_path, aniso):
+    import time
+
+    prior_dir = tmp_path / "prior"
+    result, lines = train(aniso, prior_dir, steps=5, val_every=5, ckpt_every=5, deadline=time.time() - 1)
+    assert result["finished"] is False and result["steps"] == 0
+    assert any(line.startswith("paused at step 0 (deadline)") for line in lines)
+    assert (prior_dir / "config.json").exists(), "the pause leaves a loadable checkpoint"
+    result, lines = train(aniso, prior_dir, steps=5, val_every=5, ckpt_every=5)
+    assert result["finished"] is True and result["steps"] == 5 and lines[0].startswith("resuming training of")
+
+
+def test_the_time_budget_counts_over_resumed_runs(tmp_path, aniso):
+    """A rerun of a directory whose budget is spent trains no further: the budget is the training's, not the
+    call's (a budgeted batch job that pauses and resumes gets what an uninterrupted one gets)."""
+    first, _ = train(aniso, tmp_path / "prior", steps=100000, max_minutes=0.005, warmup=0)
+    with open(tmp_path / "prior" / "trainer.json") as f:
+        assert json.load(f)["elapsed_s"] > 0.3
+    again, lines = train(aniso, tmp_path / "prior", steps=100000, max_minutes=0.005, warmup=0)
+    assert again["steps"] == first["steps"]
+    assert any(line.startswith(f"time budget of 0.005 min reached at step {first['steps']}") for line in lines)
