@@ -76,8 +76,11 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         raise InputError(f"{strip_url(req.input)} carries no voxel size; pass --voxel-size Z,Y,X (nm)")
     method.check_input(vol.dtype)
     block_shape = req.block_shape or method.preferred_block_shape(output_shape(vol.shape, factor))
+    shard_shape = req.shard_shape
+    if shard_shape is None and req.block_shape is None:  # the method's layout only when the user chose none
+        shard_shape = method.preferred_shard_shape(block_shape)
     plan = BlockPlan.build(vol.shape, factor, method.halo, block_shape=block_shape,
-                           shard_shape=req.shard_shape, chunk_shape=req.chunk_shape,
+                           shard_shape=shard_shape, chunk_shape=req.chunk_shape,
                            itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel)
     return vol, method, plan
 

@@ -48,6 +48,10 @@ class Method(ABC):
         """The block shape to use when the user gives none (None: the planner's default)."""
         return None
 
+    def preferred_shard_shape(self, block: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        """The shard shape to use with the preferred ``block`` when the user gives neither (None: the block)."""
+        return None
+
     def check_factor(self, factor: int) -> None:  # noqa: B027 - a hook: most methods serve any factor
         """Refuse (InputError) a factor this method cannot serve, before any output is created."""
 

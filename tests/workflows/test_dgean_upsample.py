@@ -288,3 +288,22 @@ def test_train_dgean_lateral_trains_on_the_anisotropic_stack(cli_inputs):
     line = error_line(run("train-dgean", cli_inputs["aniso"], model + "2", "--factor", 4, "--lateral",
                           "--isotropic"))
     assert "--lateral and --isotropic exclude each other" in line
+
+
+def test_gpu_layout_when_the_user_gives_none(monkeypatch, source, model_dir):
+    """On a GPU, DGEAN asks for 1024-px blocks of four 64-slice shards (so shards pipeline inside a block);
+    on a CPU, or when the user gives a layout, the planner's default and the user's choice stand."""
+    from isovol.workflows.upsample import prepare
+
+    def plan_of(**kw):
+        req = UpsampleRequest(input=source, output="<plan>", factor=FACTOR, method="dgean", model=model_dir, **kw)
+        return prepare(req)[2]
+
+    cpu = plan_of()
+    assert cpu.block_shape == cpu.shard_shape == (65, 64, 64)  # 256^3 clipped to the (65, 64, 64) output
+    monkeypatch.setattr(DGEANMethod, "_device", lambda self: "cuda")
+    gpu = plan_of()
+    assert gpu.block_shape == (65, 64, 64) and gpu.shard_shape == (64, 64, 64), "four Z shards, clipped"
+    assert [p.out_hi[0] - p.out_lo[0] for p in gpu.z_pieces(gpu.block((0, 0, 0)))] == [64, 1]
+    user = plan_of(block_shape=(32, 64, 64))
+    assert user.block_shape == user.shard_shape == (32, 64, 64)
