@@ -193,7 +193,7 @@ def test_cluster_options_reach_stage_two(tmp_path, source, monkeypatch):
         seen.update(cluster=req.cluster, cluster_config=req.cluster_config, method=req.method)
         raise InputError("stopped before any block ran")
 
-    monkeypatch.setattr(train, "_stage_prior", lambda *a, **k: seen.setdefault("prior", True))
+    monkeypatch.setattr(train, "_stage_prior", lambda *a, **k: not seen.setdefault("prior", True))  # not paused
     monkeypatch.setattr(upsample, "upsample", fake_upsample)
     cfg = tmp_path / "slurm.yaml"
     cfg.write_text("jobs: 3\n")
