@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,8 @@ class BlockContext:
     digest: str
     #: pipeline the Z pieces of a block (read / compute / write overlapped) where the method allows it
     overlap: bool = True
+    #: the event topic on which a task says it has started (its block time-out counts from then); set by execute
+    start_topic: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -61,6 +63,7 @@ class BlockContext:
 def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     """Process one block end to end (runs on a worker): every shard written and made durable, then the marker."""
     t0 = time.perf_counter()
+    _announce_start(ctx.start_topic)
     pieces = ctx.plan.z_pieces(block) if ctx.overlap and ctx.method.z_split_exact else [block]
     if len(pieces) == 1:
         out = _compute(ctx, block, _read(ctx, block))
@@ -72,6 +75,21 @@ def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     make_durable(ctx.output_url, ctx.array, block.out_lo, block.out_hi)
     ctx.keeper.mark_done(block.key, ctx.digest)
     return {"key": block.key, "seconds": time.perf_counter() - t0, "voxels": int(np.prod(block.out_shape))}
+
+
+def _announce_start(topic: str | None) -> None:
+    """Tell the client this task is executing now (a dask event with the task's key), so the block's time-out
+    counts from here, not from submission: blocks wait in worker queues (three per thread are in flight).
+    No-op outside a dask worker."""
+    if topic is None:
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        worker.log_event(topic, str(worker.get_current_task()))
+    except Exception:  # a direct call, not a task on a worker: no client is waiting for the event
+        pass
 
 
 def _read(ctx: BlockContext, block: Block) -> np.ndarray:
@@ -230,14 +248,17 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
     t0 = time.perf_counter()
     summary = Summary(total=total, skipped=skipped)
     window = _InFlight(client, max_in_flight)
-    ctx_future = client.scatter(ctx, broadcast=True, hash=False)
     # task keys unique to this call: a key the scheduler still holds (an earlier or concurrent run of the
     # same digest, e.g. to another output) would otherwise be reused and its block never written here
     run_id = uuid.uuid4().hex[:8]
+    started: dict[str, float] = {}  # task key -> when the client heard it start executing (time-out clock)
+    if timeout:
+        ctx = replace(ctx, start_topic=f"isovol-start-{run_id}")
+        client.subscribe_topic(ctx.start_topic, lambda event: started.setdefault(event[1], time.monotonic()))
+    ctx_future = client.scatter(ctx, broadcast=True, hash=False)
     queue: deque[Block] = deque(blocks)
     attempts: dict[str, int] = {}
-    # future -> (block, when its time-out clock started): None while it waits behind the blocks submitted before it
-    running: dict[Any, tuple[Block, float | None]] = {}
+    running: dict[Any, tuple[Block, float]] = {}  # future -> (block, submission time)
     bar = _Progress(total, skipped, progress)
     aborted = False
     try:
@@ -247,19 +268,19 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
                 n = attempts.get(block.key, 0)
                 key = f"isovol-block-{block.key}-{ctx.digest[:8]}-{run_id}-{n}"
                 fut = client.submit(run_block, ctx_future, block, key=key, pure=False)
-                running[fut] = (block, None)
+                running[fut] = (block, time.monotonic())
             if aborted and not running:
                 break
-            _start_clocks(running, window.threads(), time.monotonic())
             try:
                 finished, _ = wait(list(running), timeout=min(timeout or 1.0, 1.0), return_when="FIRST_COMPLETED")
             except TimeoutError:
                 finished = set()
             now = time.monotonic()
-            expired = {f for f, (_, t) in running.items()
-                       if timeout and t is not None and now - t > timeout and f not in finished}
+            expired = {f for f in running if timeout and f not in finished
+                       and now - started.get(f.key, now) > timeout}
             for fut in list(finished) + list(expired):
                 block, _ = running.pop(fut)
+                started.pop(fut.key, None)
                 if fut in expired:
                     fut.cancel()
                     exc: BaseException | None = TimeoutError(f"block {block.key} ran past {timeout:.0f} s")
@@ -289,19 +310,10 @@ def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: i
         bar.close()
         for fut in running:
             fut.cancel()
+        if ctx.start_topic is not None:
+            client.unsubscribe_topic(ctx.start_topic)
         summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _start_clocks(running: dict[Any, tuple[Block, float | None]], threads: int, now: float) -> None:
-    """Start the time-out clock of the oldest ``threads`` submitted blocks: the window keeps three blocks per
-    thread, so a block's clock starts when it can have begun, not while it waits in a worker's queue (a clock
-    from submission would time out healthy blocks queued behind long ones).  Blocks run in submission order, so
-    this is when a thread frees up for it, or later (a block finishing its writes after handing its thread over
-    still counts): late, never early."""
-    for fut, (block, started) in list(running.items())[:threads]:
-        if started is None:
-            running[fut] = (block, now)
 
 
 class _InFlight:

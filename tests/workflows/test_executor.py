@@ -267,10 +267,10 @@ class SlowEvery(Interpolation):
         return super().apply(data, factor, start, stop)
 
 
-def test_block_timeout_counts_from_when_a_block_can_start_not_from_submission(tmp_path, client, crop, inject):
+def test_block_timeout_counts_from_when_the_block_starts_not_from_submission(tmp_path, client, crop, inject):
     """Three blocks per worker thread are submitted at once; the last ones wait 1.2 s behind the others before
     they start. A clock from submission would time them out (0.6 s of work, 1.8 s after submission, 1.5 s
-    limit); a clock from when a thread is free for them does not."""
+    limit); a clock from the task's own start (its start event) does not."""
     inject(SlowEvery(0.6))
     volume = lowres(crop, 8)
     src = write_input(tmp_path / "in.ome.zarr", volume, 8)
