@@ -264,10 +264,11 @@ LATERAL_STATE = "train.json"
 
 
 def train_method(spec: MethodSpec, in_url: str, low: np.ndarray, factor: int, req: EvaluateRequest) -> dict[str, Any]:
-    """Train ``spec`` on the decimated input (never the ground truth) into REPORT/models/KEY, resuming what an
+    """Train ``spec`` on the decimated input (never the ground truth) into REPORT/models/rFACTOR/KEY (a model
+    serves the factor it was trained for, so another --factor into the same REPORT trains anew), resuming what an
     earlier run left; returns {"model", "recipe", "trained_on", "stages_s": {stage: s}, "total_s"} with the
     wall time of each stage (prior, recover, dgean: Stage I, II, III) summed over runs."""
-    model_dir = os.path.join(req.out, "models", _safe(spec.key))
+    model_dir = os.path.join(req.out, "models", f"r{factor}", _safe(spec.key))
     trained_on = f"the decimated input ({low.shape[0]} slices, every {factor}th of the ground truth)"
     if spec.train == "d2r":
         from .train import STAGES, STATE, run_train

@@ -231,7 +231,7 @@ def test_demo(tmp_path, cli):
         assert metrics["d2r:cpu-tiny"][plane]["psnr"] > 15  # a run of the flow: near cubic, not a useful model
     d2r = metrics["d2r:cpu-tiny"]["train"]
     assert set(d2r["stages_s"]) == {"prior", "recover", "dgean"} and "decimated input" in d2r["trained_on"]
-    assert (tmp_path / "demo" / "models" / "d2r_cpu-tiny" / "model.safetensors").is_file()
+    assert (tmp_path / "demo" / "models" / "r8" / "d2r_cpu-tiny" / "model.safetensors").is_file()
     assert "Training (self-supervised)" in (tmp_path / "demo" / "report.md").read_text()
     lines = res.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))

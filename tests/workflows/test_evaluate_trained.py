@@ -64,7 +64,7 @@ def test_trained_rows_carry_wall_time_per_stage(setup, first):
 
 
 def test_models_were_trained_on_the_decimated_input_only(setup, first):
-    models = os.path.join(setup["out"], "models")
+    models = os.path.join(setup["out"], "models", f"r{FACTOR}")
     state = json.load(open(os.path.join(models, "d2r_fast", "train.json")))
     assert state["input"]["shape"] == [6, 64, 64] and state["input"]["url"].endswith("work/input.ome.zarr")
     config = json.load(open(os.path.join(models, "naive-lateral_fast", "dgean", "config.json")))
@@ -91,3 +91,14 @@ def test_trained_methods_need_self_supervision(setup, tmp_path):
     assert res.stderr.strip().splitlines()[-1].startswith("isovol: error: d2r and naive-lateral are trained here")
     res = run("evaluate", setup["gt"], "--factor", FACTOR, "--method", "d2r:no-such", "--out", tmp_path / "s")
     assert res.returncode == 2 and "neither a recipe" in res.stderr
+
+
+def test_another_factor_into_the_same_report_trains_its_own_models(setup, first):
+    """A model serves the factor it was trained for: --factor 4 after 8 trains anew beside it, not over it."""
+    res = run("evaluate", setup["gt"], "--factor", 4, "--method", f"d2r:{setup['recipe']}", "--out", setup["out"],
+              "--workers", 2, "--device", "cpu", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    models = os.path.join(setup["out"], "models")
+    assert sorted(os.listdir(models)) == ["r4", "r8"]
+    assert json.load(open(os.path.join(models, "r4", "d2r_fast", "train.json")))["factor"] == 4
+    assert json.load(open(os.path.join(models, "r8", "d2r_fast", "train.json")))["factor"] == FACTOR
