@@ -274,9 +274,17 @@ def train_method(spec: MethodSpec, in_url: str, low: np.ndarray, factor: int, re
         from .train import STAGES, STATE, run_train
 
         log.info("evaluate: training %s (D2R Stage I-III, recipe %s) on %s", spec.key, spec.recipe, trained_on)
-        run_train(os.path.abspath(in_url), model_dir, factor, recipe=spec.recipe or DEFAULT_RECIPE,
-                  workers=req.workers, device=req.device, processes=req.processes, cluster=req.cluster,
-                  cluster_config=req.cluster_config)
+        try:
+            run_train(os.path.abspath(in_url), model_dir, factor, recipe=spec.recipe or DEFAULT_RECIPE,
+                      workers=req.workers, device=req.device, processes=req.processes, cluster=req.cluster,
+                      cluster_config=req.cluster_config)
+        except InputError as exc:
+            if "settings changed since the last run" not in str(exc):
+                raise
+            # evaluate has no --restart-from: say what to do here, not what `isovol train` would take
+            reason = str(exc).split("; pass --restart-from")[0]
+            raise InputError(f"{reason}; the cached model was trained with other settings: delete {model_dir} "
+                             f"or use a new --out") from None
         with open(os.path.join(model_dir, STATE)) as f:
             stages = json.load(f)["stages"]
         secs = {k: round(float(stages[k].get("seconds", 0.0)), 2) for k in STAGES if k in stages}

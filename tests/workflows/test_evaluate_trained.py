@@ -102,3 +102,18 @@ def test_another_factor_into_the_same_report_trains_its_own_models(setup, first)
     assert sorted(os.listdir(models)) == ["r4", "r8"]
     assert json.load(open(os.path.join(models, "r4", "d2r_fast", "train.json")))["factor"] == 4
     assert json.load(open(os.path.join(models, "r8", "d2r_fast", "train.json")))["factor"] == FACTOR
+
+
+def test_a_changed_recipe_under_the_same_name_is_one_line_that_says_what_to_do(setup, first, tmp_path):
+    """The cached model no longer matches: evaluate has no --restart-from, so it names the folder to delete."""
+    recipe = yaml.safe_load(open(setup["recipe"]))
+    recipe["recover"]["seed"] = 7
+    changed = tmp_path / "fast.yaml"  # same name, so the same cache key d2r_fast
+    changed.write_text(yaml.safe_dump(recipe))
+    res = run("evaluate", setup["gt"], "--factor", FACTOR, "--method", f"d2r:{changed}", "--out", setup["out"],
+              "--workers", 2, "--device", "cpu", "--no-progress")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    line = res.stderr.strip().splitlines()[-1]  # after the progress lines, the one error line
+    assert line.startswith("isovol: error") and "Stage II (lateral recovery) settings changed" in line
+    assert "recover.seed" in line
+    assert "r8/d2r_fast or use a new --out" in line and "--restart-from" not in line
