@@ -399,10 +399,13 @@ def evaluate(gt_url: str, factor: str, methods: tuple[str, ...], self_supervised
                           cluster_config=cluster_config, block_shape=parse_shape(block_shape, "--block-shape"),
                           progress=not no_progress)
     result = run(req)
-    click.echo(f"{'method':<24}{'PSNR XY':>9}{'XZ':>8}{'YZ':>8}{'gain XY':>9}{'FSC nm':>8}")
+    fid = any(r.get("slicefid") for r in result["metrics"].values())
+    click.echo(f"{'method':<24}{'PSNR XY':>9}{'XZ':>8}{'YZ':>8}{'gain XY':>9}{'FSC nm':>8}"
+               + (f"{'SliceFID':>10}" if fid else ""))
     for name, r in result["metrics"].items():
         click.echo(f"{name[:23]:<24}{r['XY']['psnr']:>9.2f}{r['XZ']['psnr']:>8.2f}{r['YZ']['psnr']:>8.2f}"
-                   f"{r['gain_over_cubic_db']['XY']:>+9.2f}{r['fsc05_nm']:>8.1f}")
+                   f"{r['gain_over_cubic_db']['XY']:>+9.2f}{r['fsc05_nm']:>8.1f}"
+                   + (f"{r['slicefid']['mean']:>10.2f}" if fid and r.get("slicefid") else ""))
     click.echo(f"isovol: evaluated {len(result['metrics'])} method(s) in {result['info']['seconds']:.1f} s; "
                f"report {os.path.join(out_dir, 'report.md')}", err=True)
 

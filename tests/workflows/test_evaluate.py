@@ -249,6 +249,8 @@ def test_slicefid_end_to_end(crop, tmp_path, isovol_exe):
     assert fid["slices"] == {"XY": 3, "XZ": 6, "YZ": 6} and fid["feature_dim"] == 2048 and fid["rank_deficient"]
     md = (out / "report.md").read_text()
     assert "## SliceFID" in md and "| `cubic` |" in md and "rank-deficient" in md and "skipped" not in md
+    header, row = res.stdout.splitlines()[-2:]
+    assert header.split()[-1] == "SliceFID" and float(row.split()[-1]) == pytest.approx(fid["mean"], abs=0.01)
 
 
 @pytest.mark.parametrize("case, expect", [
