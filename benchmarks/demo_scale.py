@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5, help="fast-sampler network calls")
+    ap.add_argument("--prediction", choices=("noise", "x0"), default="noise", help="what the prior's net predicts")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     truth, _ = load_crop()
@@ -40,7 +41,8 @@ def main() -> None:
     truth = truth[:n]
     cubic = plane_scores(truth, upsample_array(low, args.factor, get_method("cubic")), args.factor)
     print(f"crop {truth.shape}, every {args.factor}th slice kept -> {low.shape}; NAFNet {MODEL}; "
-          f"{args.threads} thread(s); fast sampler, {args.steps} calls from t = 50")
+          f"{args.threads} thread(s); fast sampler, {args.steps} calls from t = 50; the net predicts "
+          f"{args.prediction}")
     print("| Stage I budget | steps | Stage II s | PSNR XY pseudo (cubic) | gain XY | gain XZ | gain YZ |")
     print("|---|---|---|---|---|---|---|")
     for minutes in args.minutes:
@@ -50,7 +52,7 @@ def main() -> None:
                                               "val_patches": 2, "val_timesteps": 1, "val_restore": 0,
                                               "max_minutes": minutes})
             res = train_prior(low, d, args.factor, model_config=_model_config(MODEL), train=cfg, device="cpu",
-                              log=lambda s: None)
+                              sde={"prediction": args.prediction}, log=lambda s: None)
             t = time.perf_counter()
             method = PriorRecovery(d, sampler="fast", steps=args.steps, t_start=50, tile=64, margin=8, batch=64)
             pseudo = upsample_array(low, args.factor, method)

@@ -160,11 +160,14 @@ def sample(sde: IRSDE, net: NoiseNet, mu: Tensor, sampler: str = "fast", steps: 
     def tvec(t: int) -> Tensor:
         return torch.full((batch,), t, dtype=torch.long, device=mu.device)
 
-    def predict_noise(x: Tensor, t: int) -> Tensor:
+    def answer(x: Tensor, t: int) -> Tensor:
         return net(x, mu, tvec(t)).to(x.dtype)  # autocast nets answer in low precision; the SDE maths is not
 
+    def predict_noise(x: Tensor, t: int) -> Tensor:
+        return sde.as_noise(answer(x, t), x, mu, tvec(t))
+
     def x0_estimate(x: Tensor, t: int) -> Tensor:
-        x0 = sde.predict_x0(x, mu, predict_noise(x, t), tvec(t))
+        x0 = sde.as_x0(answer(x, t), x, mu, tvec(t))
         return x0.clamp(0, 1) if clip else x0
 
     x = sde.start(mu, draw(ts[0]), ts[0])

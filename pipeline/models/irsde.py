@@ -56,6 +56,10 @@ NoiseNet = Callable[[Tensor, Tensor, Tensor], Tensor]
 SCHEDULES = ("cosine", "linear", "constant")
 
 
+#: what the network predicts: the noise of x_t (the paper) or x0 itself
+PREDICTIONS = ("noise", "x0")
+
+
 def theta_schedule(T: int, schedule: str = "cosine", s: float = 0.008) -> Tensor:
     """theta_0..theta_T (float64, length T + 1) of the named schedule; see the module docstring."""
     if schedule == "cosine":
@@ -78,13 +82,17 @@ class IRSDE:
     tensor of any shape with B elements, is accepted too).  Coefficients come back shaped (B, 1, 1, 1).
     """
 
-    def __init__(self, T: int = 100, max_sigma: float = 50 / 255, eps: float = 0.005, schedule: str = "cosine"):
+    def __init__(self, T: int = 100, max_sigma: float = 50 / 255, eps: float = 0.005, schedule: str = "cosine",
+                 prediction: str = "noise"):
         if int(T) != T or T < 1:
             raise ValueError(f"T must be a positive integer, got {T}")
         if not 0 < max_sigma < 1:
             raise ValueError(f"max_sigma is in data units ([0, 1] images), e.g. 50/255; got {max_sigma}")
         if not 0 < eps < 1:
             raise ValueError(f"eps (the weight left on x0 at t = T) must be in (0, 1), got {eps}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
         self.T = int(T)
         self.max_sigma = float(max_sigma)
         self.eps = float(eps)
@@ -100,11 +108,14 @@ class IRSDE:
     # ----------------------------------------------------------------------------------- bookkeeping
 
     def to_dict(self) -> dict[str, Any]:
-        return {"T": self.T, "max_sigma": self.max_sigma, "eps": self.eps, "schedule": self.schedule}
+        out: dict[str, Any] = {"T": self.T, "max_sigma": self.max_sigma, "eps": self.eps, "schedule": self.schedule}
+        if self.prediction != "noise":  # the paper's parametrisation stays implicit: older priors keep their identity
+            out["prediction"] = self.prediction
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IRSDE:
-        known = {"T", "max_sigma", "eps", "schedule"}
+        known = {"T", "max_sigma", "eps", "schedule", "prediction"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown IRSDE keys {unknown}; known: {sorted(known)}")
@@ -220,6 +231,16 @@ class IRSDE:
         ti = self._index(t, x.shape[0])
         return self.posterior(x, x0, mu, ti, ti - 1)[0]
 
+    def as_noise(self, out: Tensor, x: Tensor, mu: Tensor, t: Tensor | int) -> Tensor:
+        """The network's answer as the noise of x_t: itself for "noise", (x_t - m_t(out)) / std_t for "x0"."""
+        if self.prediction == "noise":
+            return out
+        return (x - self.mean(out, mu, t)) / self.std(t, x)
+
+    def as_x0(self, out: Tensor, x: Tensor, mu: Tensor, t: Tensor | int) -> Tensor:
+        """The network's answer as an x0 estimate: ``predict_x0`` for "noise", itself for "x0"."""
+        return self.predict_x0(x, mu, out, t) if self.prediction == "noise" else out
+
     def predict_x0(self, x: Tensor, mu: Tensor, noise: Tensor, t: Tensor | int) -> Tensor:
         """Invert ``q_sample`` with a predicted noise: x0 = mu + (x - mu - std_t noise) / exp(-thetabar_t).
 
@@ -236,11 +257,18 @@ class IRSDE:
     # ----------------------------------------------------------------------------------- training
 
     def loss(self, net: NoiseNet, x0: Tensor, mu: Tensor, t: Tensor | int, noise: Tensor) -> Tensor:
-        """Eq (5): mean L1 between x_t - reverse_drift(x_t, mu, score(net), t) and ``optimal_prev`` (gamma_t = 1)."""
+        """Eq (5): mean L1 between x_t - reverse_drift(x_t, mu, score(net), t) and ``optimal_prev`` (gamma_t = 1).
+
+        With ``prediction="x0"`` the loss is the mean L1 between the net's x0 and x0: eq (5) would weight its x0
+        by exp(-thetabar_t) / std_t, which all but vanishes at large t, exactly where a few-step sampler starts.
+        """
         ti = self._index(t, x0.shape[0])
         xt = self.q_sample(x0, mu, ti, noise)
         # the net may run under autocast: its low-precision output is promoted before any SDE arithmetic
-        score = self.noise_to_score(net(xt, mu, ti).to(xt.dtype), ti)
+        out = net(xt, mu, ti).to(xt.dtype)
+        if self.prediction == "x0":
+            return (out - x0).abs().mean()
+        score = self.noise_to_score(out, ti)
         pred_prev = xt - self.reverse_drift(xt, mu, score, ti)
         with torch.no_grad():
             target = self.optimal_prev(xt, x0, mu, ti)

@@ -117,7 +117,7 @@ def check_sde(sde: dict[str, Any] | None) -> dict[str, Any]:
     if sde is not None and not isinstance(sde, dict):
         raise InputError(f"SDE settings must be a mapping, got {sde!r}")
     out = {**SDE_DEFAULTS, **(sde or {})}
-    unknown = sorted(set(out) - set(SDE_DEFAULTS))
+    unknown = sorted(set(out) - set(SDE_DEFAULTS) - {"prediction"})
     if unknown:
         raise InputError(f"unknown SDE settings {unknown}; known: {sorted(SDE_DEFAULTS)}")
     try:

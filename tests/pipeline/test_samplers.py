@@ -172,3 +172,34 @@ def test_clip_false_returns_the_raw_estimate(sde, pair):
     torch.testing.assert_close(raw, shifted, rtol=0, atol=1e-5)
     clipped = sample(sde, sde.noise_oracle(shifted), mu, "fast", noise=seeded_noise(0))
     torch.testing.assert_close(clipped, shifted.clamp(0, 1), rtol=0, atol=1e-5)
+
+
+def test_an_x0_predicting_prior_is_recovered_by_every_sampler(pair):
+    """With ``prediction="x0"`` the net's answer is x0 itself: an x0 oracle is exact in one call from t = T,
+    the posterior sampler is exact, and the reference sampler keeps only its last step's noise."""
+    x0, mu = pair
+    sde = IRSDE(prediction="x0")
+    oracle = Counting(lambda x, m, t: x0)
+    one = sample(sde, oracle, mu, "fast", steps=1, t_start=sde.T, noise=seeded_noise(3), clip=False)
+    assert oracle.calls == 1
+    torch.testing.assert_close(one, x0, rtol=0, atol=1e-6)
+    post = sample(sde, lambda x, m, t: x0, mu, "posterior", noise=seeded_noise(3), clip=False)
+    torch.testing.assert_close(post, x0, rtol=0, atol=1e-5)
+    ref = sample(sde, lambda x, m, t: x0, mu, "reference", noise=seeded_noise(3), clip=False)
+    assert _rmse(ref, x0) < 1.5 * float(sde.std(1))
+
+
+def test_x0_and_noise_answers_convert_both_ways(pair):
+    x0, mu = pair
+    sde = IRSDE(prediction="x0")
+    t = torch.tensor([1, 30, 60, 100])[: x0.shape[0]]
+    x = sde.q_sample(x0, mu, t, torch.randn_like(x0))
+    noise = sde.as_noise(x0, x, mu, t)
+    torch.testing.assert_close(sde.predict_x0(x, mu, noise, t), x0, rtol=0, atol=1e-4)
+    torch.testing.assert_close(sde.as_x0(x0, x, mu, t), x0)
+    # the loss of an x0 prior is the L1 of its answer
+    assert float(sde.loss(lambda xt, m, tt: x0 + 0.01, x0, mu, t, torch.randn_like(x0))) == pytest.approx(0.01)
+    assert sde.to_dict()["prediction"] == "x0" and "prediction" not in IRSDE().to_dict()
+    assert IRSDE.from_dict(sde.to_dict()).prediction == "x0"
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        IRSDE(prediction="v")

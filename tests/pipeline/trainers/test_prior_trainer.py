@@ -297,3 +297,17 @@ def test_the_time_budget_counts_over_resumed_runs(tmp_path, aniso):
     again, lines = train(aniso, tmp_path / "prior", steps=100000, max_minutes=0.005, warmup=0)
     assert again["steps"] == first["steps"]
     assert any(line.startswith(f"time budget of 0.005 min reached at step {first['steps']}") for line in lines)
+
+
+def test_an_x0_predicting_prior_keeps_its_parametrisation_to_stage_two(tmp_path, aniso):
+    from isovol.pipeline.methods.prior import PriorRecovery
+
+    mcfg, sde, tcfg = recipe(steps=3, val_every=3, ckpt_every=3)
+    train_prior(aniso, str(tmp_path / "p"), FACTOR, model_config=mcfg, train=tcfg, sde={**sde, "prediction": "x0"},
+                device="cpu", log=lambda s: None)
+    with open(tmp_path / "p" / "config.json") as f:
+        assert json.load(f)["sde"]["prediction"] == "x0"
+    assert PriorRecovery(str(tmp_path / "p"))._sde().prediction == "x0"
+    with pytest.raises(InputError, match="prediction must be one of"):
+        train_prior(aniso, str(tmp_path / "q"), FACTOR, model_config=mcfg, train=tcfg,
+                    sde={**sde, "prediction": "v"}, device="cpu", log=lambda s: None)
