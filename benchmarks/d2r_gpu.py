@@ -68,6 +68,8 @@ def main() -> int:
     ap.add_argument("--sampler-slices", type=int, default=64, help="lateral slices timed per sampler")
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="tiny models, small data: a CPU check of the path")
+    ap.add_argument("--prediction", choices=("noise", "x0"), default="noise",
+                    help="what Stage I's net predicts (docs/d2r.md); ignored with --prior")
     ap.add_argument("--prior", default=None, help="use this trained prior (at --factor) and skip Stage I, e.g. "
                                                   "devruns/issue5/models/d2r/prior left by issue5_table.py")
     args = ap.parse_args()
@@ -94,6 +96,7 @@ def main() -> int:
     else:
         prior_dir = os.path.join(work, "prior")
         mcfg, sde, tcfg = prior_trainer.resolve_recipe(recipe)
+        sde = {**sde, "prediction": args.prediction}
         tcfg.max_minutes = args.prior_minutes
         if args.quick:
             tcfg.steps = 20
