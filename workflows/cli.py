@@ -240,7 +240,7 @@ def recover(input_url: str, output_url: str, prior_dir: str, factor: str | None,
 @click.option("--region", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1",
               help="Training region of INPUT [default: all of it if its output is <= 256^3 voxels, else a "
                    "centred box of about that].")
-@click.option("--recipe", default="gpu-default", show_default=True, metavar="cpu-tiny|gpu-default|FILE",
+@click.option("--recipe", default="gpu-default", show_default=True, metavar="cpu-demo|cpu-tiny|gpu-default|FILE",
               help="Settings of the three stages: a bundled recipe or a YAML file {prior, recover, dgean}.")
 @click.option("--restart-from", type=click.Choice(["prior", "recover", "dgean"]), default=None,
               help="Delete this stage's outputs and the later ones, then run them again.")
@@ -345,8 +345,8 @@ def status(output_url: str, storage_options: str | None, as_json: bool) -> None:
 @click.option("--out", "out_dir", default="isovol-demo", show_default=True, help="Folder for the results.")
 @click.option("--factor", "-r", default=8, show_default=True, type=int)
 @click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--recipe", default="cpu-tiny", show_default=True, metavar="cpu-tiny|gpu-default|FILE",
-              help="D2R recipe (see isovol train).")
+@click.option("--recipe", default="cpu-demo", show_default=True, metavar="cpu-demo|cpu-tiny|gpu-default|FILE",
+              help="D2R recipe (see isovol train): cpu-demo about 6 min on 2 cores, cpu-tiny 20 s (no gain).")
 @click.option("--device", default=None, help="torch device for D2R training [default: cuda if available, else cpu].")
 def demo(out_dir: str, factor: int, workers: int, recipe: str, device: str | None) -> None:
     """Evaluate the classical methods and D2R (trained on the decimated crop only) on the bundled real FIB-SEM
@@ -362,8 +362,8 @@ def demo(out_dir: str, factor: int, workers: int, recipe: str, device: str | Non
 @click.option("--method", "methods", multiple=True, metavar="NAME[:MODEL_DIR|:RECIPE]",
               help="Method to score, repeatable: cubic, linear, nearest, dgean:MODEL_DIR, and, trained here on "
                    "the decimated input, d2r[:RECIPE] (isovol train) and naive-lateral[:RECIPE] (DGEAN on the "
-                   "input's own Y/X sequences); RECIPE: cpu-tiny|gpu-default|FILE [gpu-default]. Cubic is always "
-                   "included as the reference.")
+                   "input's own Y/X sequences); RECIPE: cpu-demo|cpu-tiny|gpu-default|FILE [gpu-default]. Cubic is "
+                   "always included as the reference.")
 @click.option("--self-supervised/--no-self-supervised", default=True, show_default=True,
               help="d2r and naive-lateral train on the decimated input only, as a user would (the protocol); "
                    "--no-self-supervised refuses them (models trained on ground truth enter as dgean:MODEL_DIR).")

@@ -163,7 +163,9 @@ def test_bundled_recipes_resolve_and_unknown_keys_are_refused(tmp_path):
     from isovol.pipeline.errors import InputError
     from isovol.workflows.train import load_recipe, recipe_names, resolve
 
-    assert recipe_names() == ["cpu-tiny", "gpu-default"]
+    assert recipe_names() == ["cpu-demo", "cpu-tiny", "gpu-default"]
+    demo = resolve(load_recipe("cpu-demo")[1])[0]
+    assert demo["prior"]["sde"]["prediction"] == "x0" and demo["recover"]["t_start"] <= demo["prior"]["train"]["t_max"]
     gpu = resolve(load_recipe("gpu-default")[1])[0]
     assert gpu["recover"]["steps"] == 5 and gpu["prior"]["train"]["max_minutes"] == 4
     assert gpu["dgean"]["train"]["max_minutes"] == 10
