@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from isovol.pipeline.errors import InputError
 from isovol.pipeline.io.omezarr import read_attributes, write_image
 from isovol.pipeline.methods import upsample_array
 from isovol.pipeline.methods.prior import PriorRecovery
-from isovol.pipeline.trainers.prior import resolve_recipe, train_prior
 from isovol.workflows.upsample import UpsampleRequest, upsample
 
 R = 8
@@ -30,18 +28,6 @@ TILE, MARGIN, STEPS = 32, 8, 2
 OPTS = {"tile": TILE, "margin": MARGIN, "steps": STEPS}
 REGION, OFFSET = "2:7,16:80,32:96", (2, 16, 32)  # of the (17, 128, 128) CLI source
 ORIGIN, VOXEL = (1000.0, 2000.0, 3000.0), (80.0, 10.0, 10.0)
-
-
-@pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory, crop) -> str:
-    """A tiny prior trained 30 steps at r = 8 on the crop's every 8th XY slice: poor restorations, dominated by
-    the sampler's noise, so any change of tile, context or seed shows in the voxels."""
-    mcfg, sde, tcfg = resolve_recipe("tiny")
-    tcfg = replace(tcfg, steps=30, val_every=30, ckpt_every=30, val_patches=2, val_timesteps=1, val_restore=1)
-    path = str(tmp_path_factory.mktemp("prior") / "prior")
-    train_prior(np.ascontiguousarray(crop[::R]), path, R, model_config=mcfg, train=tcfg, sde=sde, device="cpu",
-                log=lambda _: None)
-    return path
 
 
 # ------------------------------------------------------------------------------ blockwise = single call

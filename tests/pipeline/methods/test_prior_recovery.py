@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import shutil
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from isovol.pipeline.errors import InputError
 from isovol.pipeline.methods import Halo, get_method, upsample_array
 from isovol.pipeline.methods.interp import Interpolation
 from isovol.pipeline.methods.prior import PriorRecovery, recover_block_shape, tile_seed
-from isovol.pipeline.trainers.prior import resolve_recipe, train_prior
 from isovol.workflows.demo_data import load_crop
 
 R = 8
@@ -32,17 +30,6 @@ OPTS = {"tile": TILE, "margin": MARGIN, "steps": STEPS}
 @pytest.fixture(scope="module")
 def crop() -> np.ndarray:
     return load_crop()[0]
-
-
-@pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory, crop) -> str:
-    """A tiny prior trained 30 steps at r = 8 on the crop's every 8th XY slice (17 x 128 x 128)."""
-    mcfg, sde, tcfg = resolve_recipe("tiny")
-    tcfg = replace(tcfg, steps=30, val_every=30, ckpt_every=30, val_patches=2, val_timesteps=1, val_restore=1)
-    path = str(tmp_path_factory.mktemp("prior") / "prior")
-    train_prior(np.ascontiguousarray(crop[::R]), path, R, model_config=mcfg, train=tcfg, sde=sde, device="cpu",
-                log=lambda _: None)
-    return path
 
 
 @pytest.fixture(scope="module")
