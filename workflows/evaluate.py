@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ..pipeline.checkpoints import save_json
 from ..pipeline.degrade import decimate_z
 from ..pipeline.errors import InputError
 from ..pipeline.geometry import check_factor
@@ -319,10 +320,7 @@ def _train_lateral(spec: MethodSpec, low: np.ndarray, factor: int, model_dir: st
                                                "dtype": str(low.dtype), "sampling": "lateral"},
                     log=log.info, lateral=True)
         state = {"seconds": state["seconds"] + time.perf_counter() - t, "done": True}
-        tmp = state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, state_path)
+        save_json(state_path, state)
     secs = {"dgean": round(float(state["seconds"]), 2)}  # Stage III alone, on lateral windows
     return {"model": work, "recipe": spec.recipe, "trained_on": trained_on, "stages_s": secs,
             "total_s": round(sum(secs.values()), 2)}

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..pipeline.checkpoints import save_json
 from ..pipeline.errors import InputError, IsovolError
 from ..pipeline.io.readers import Vec3, open_volume
 from ..pipeline.io.urls import strip_url
@@ -194,13 +195,7 @@ def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _save_state(model_dir: str, state: dict[str, Any]) -> None:
-    path = os.path.join(model_dir, STATE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    save_json(os.path.join(model_dir, STATE), state)  # atomic: a kill leaves the old state or the new one
 
 
 def _load_state(model_dir: str) -> dict[str, Any] | None:
