@@ -39,6 +39,7 @@ from ..pipeline.checkpoints import save_json
 from ..pipeline.errors import InputError, IsovolError
 from ..pipeline.io.readers import Vec3, open_volume
 from ..pipeline.io.urls import strip_url
+from ..pipeline.trainers.recipes import parse_recipe, read_recipe_file
 from .train_dgean import parse_region
 
 log = logging.getLogger("isovol")
@@ -66,27 +67,13 @@ def recipe_names() -> list[str]:
 
 def load_recipe(name_or_path: str) -> tuple[str, dict[str, Any]]:
     """(label, raw spec) of a bundled recipe (``cpu-tiny``, ``gpu-default``) or a YAML file."""
-    import yaml
-
-    names = recipe_names()
+    names, what = recipe_names(), f"recipe {name_or_path}"
     if name_or_path in names:
         text = files("isovol.workflows").joinpath("recipes", name_or_path + ".yaml").read_text()
-        label = name_or_path
-    elif os.path.isfile(name_or_path):
-        with open(name_or_path) as f:
-            text = f.read()
-        label = os.path.abspath(name_or_path)
+        label, spec = name_or_path, parse_recipe(text, what, STAGES)
     else:
-        raise InputError(f"--recipe {name_or_path!r} is neither a recipe ({', '.join(names)}) nor a file")
-    try:
-        spec = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"recipe {name_or_path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise InputError(f"recipe {name_or_path}: expected a mapping with sections {', '.join(STAGES)}")
-    unknown = sorted(set(spec) - set(STAGES))
-    if unknown:
-        raise InputError(f"recipe {name_or_path}: unknown sections {unknown}; known: {', '.join(STAGES)}")
+        spec = read_recipe_file(name_or_path, STAGES, option="--recipe", names=names, label=what)
+        label = os.path.abspath(name_or_path)
     for section, keys in SECTIONS.items():
         part = spec.get(section)
         if part is None:

@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..losses import DGEANLoss, load_lpips
 from ..models.dgean import DGEANConfig, build_dgean, cubic_at_depths
 from . import settings_from_dict
+from .recipes import read_recipe_file
 from .state import check_same_run, load_optimizer, optimizer_groups, optimizer_tensors, saved_identity
 from .windows import WindowSampler
 
@@ -69,14 +70,7 @@ def resolve_recipe(name_or_path: str) -> tuple[DGEANConfig, TrainConfig]:
     if name_or_path in RECIPES:
         spec: dict[str, Any] = RECIPES[name_or_path]
     else:
-        if not os.path.exists(name_or_path):
-            raise InputError(f"--config {name_or_path!r} is neither a recipe ({', '.join(RECIPES)}) nor a file")
-        import yaml
-
-        with open(name_or_path) as f:
-            spec = yaml.safe_load(f) or {}
-        if not isinstance(spec, dict):
-            raise InputError(f"{name_or_path}: expected a mapping with 'model' and 'train'")
+        spec = read_recipe_file(name_or_path, ("model", "train"), option="--config", names=list(RECIPES))
     model = spec.get("model", "default")
     try:
         mcfg = DGEANConfig.preset(model) if isinstance(model, str) else DGEANConfig.from_dict(model)

@@ -43,6 +43,7 @@ from ..degrade import DIHEDRAL, add_noise, degrade_rows, dihedral, patch_rows, t
 from ..errors import InputError
 from . import settings_from_dict
 from .dgean import _lr, data_scale, psnr_batch
+from .recipes import read_recipe_file
 from .state import check_same_run, load_optimizer, optimizer_groups, optimizer_tensors, saved_identity
 
 TRAINER_STATE = "trainer.safetensors"
@@ -132,20 +133,7 @@ def resolve_recipe(name_or_path: str) -> tuple[Any, dict[str, Any], PriorTrainCo
     if name_or_path in RECIPES:
         spec: dict[str, Any] = copy.deepcopy(RECIPES[name_or_path])
     else:
-        if not os.path.exists(name_or_path):
-            raise InputError(f"--config {name_or_path!r} is neither a recipe ({', '.join(RECIPES)}) nor a file")
-        import yaml
-
-        with open(name_or_path) as f:
-            try:
-                spec = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                raise InputError(f"{name_or_path} is not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
-        if not isinstance(spec, dict):
-            raise InputError(f"{name_or_path}: expected a mapping with 'model', 'sde' and 'train'")
-        unknown = sorted(set(spec) - {"model", "sde", "train"})
-        if unknown:
-            raise InputError(f"{name_or_path}: unknown sections {unknown}; known: model, sde, train")
+        spec = read_recipe_file(name_or_path, ("model", "sde", "train"), option="--config", names=list(RECIPES))
     try:
         train = PriorTrainConfig.from_dict(spec.get("train") or {})
     except TypeError as exc:

@@ -191,6 +191,9 @@ def test_recipes_by_name_and_from_a_file(tmp_path):
     spec.write_text("model: {widthz: [1]}\n")
     with pytest.raises(InputError, match="model config: unknown DGEAN config keys"):
         resolve_recipe(str(spec))
+    spec.write_text("modle: {widths: [1]}\n")
+    with pytest.raises(InputError, match="unknown sections \\['modle'\\]; known: model, train"):
+        resolve_recipe(str(spec))
     with pytest.raises(InputError, match="neither a recipe"):
         resolve_recipe(str(tmp_path / "nothing.yaml"))
 
