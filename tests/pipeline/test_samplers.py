@@ -12,21 +12,11 @@ from isovol.pipeline.samplers import (
     sample,
     seeded_noise,
 )
-from isovol.workflows.demo_data import load_crop
 
 
 @pytest.fixture(scope="module")
-def sde() -> IRSDE:
-    return IRSDE()
-
-
-@pytest.fixture(scope="module")
-def pair() -> tuple[torch.Tensor, torch.Tensor]:
-    """Real FlyEM XY patches x0 and mu = keep every 4th row, linear re-upsampling."""
-    volume, _ = load_crop()
-    x0 = torch.from_numpy(volume[20:23, 5:46, 7:55].astype(np.float32) / 255.0)[:, None]
-    mu = torch.nn.functional.interpolate(x0[:, :, ::4], size=x0.shape[-2:], mode="bilinear", align_corners=True)
-    return x0, mu
+def pair(row_dropped) -> tuple[torch.Tensor, torch.Tensor]:
+    return row_dropped(np.s_[20:23, 5:46, 7:55])
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Helpers the workflow tests share for running the installed command and reading what it wrote.
+"""Helpers the workflow tests share for writing an input, running the installed command and reading what it wrote.
 
 A plain module (not fixtures) so test modules import the functions by name; pytest puts this folder on
 sys.path for the tests in it.
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+
+from isovol.pipeline.io.omezarr import write_image
 
 ISOVOL = str(Path(sys.executable).with_name("isovol"))
 #: one OpenMP thread, so a command does not fight the other tests (and dask workers) for the cores
@@ -33,6 +35,13 @@ def error_line(res: subprocess.CompletedProcess) -> str:
     assert lines[0].startswith("isovol: error"), lines[0]
     assert res.returncode != 0 and "Traceback" not in res.stderr
     return lines[0]
+
+
+def write_input(path: str | os.PathLike, volume: np.ndarray, factor: int) -> str:
+    """``volume`` as an OME-Zarr input at 10 nm in Y/X and ``factor`` times that along Z (the anisotropic stack)."""
+    url = str(path)
+    write_image(url, volume, (10.0 * factor, 10.0, 10.0))
+    return url
 
 
 def read_output(url: str | os.PathLike) -> np.ndarray:

@@ -53,13 +53,6 @@ def volume(crop) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory, volume) -> str:
-    url = str(tmp_path_factory.mktemp("input") / "in.ome.zarr")
-    write_image(url, volume, (10.0 * FACTOR, 10.0, 10.0))
-    return url
-
-
-@pytest.fixture(scope="module")
 def single(volume, model_dir):
     """The in-memory reference, the whole volume in one call, per margin."""
     cache: dict[int, np.ndarray] = {}

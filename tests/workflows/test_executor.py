@@ -13,9 +13,8 @@ import time
 import numpy as np
 import pytest
 import zarr
-from clirun import read_output
+from clirun import read_output, write_input
 
-from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import get_method, upsample_array
 from isovol.pipeline.methods.interp import Interpolation
 from isovol.workflows import upsample as upsample_mod
@@ -29,12 +28,6 @@ YX = (slice(20, 84), slice(30, 110))  # a 64 x 80 window of the crop: neither ax
 def lowres(crop: np.ndarray, factor: int, nz: int | None = None) -> np.ndarray:
     """The crop decimated along Z by ``factor`` (slices 0, r, 2r, ...), as an anisotropic input of ``nz`` slices."""
     return np.ascontiguousarray(crop[::factor, YX[0], YX[1]][:nz])
-
-
-def write_input(path, volume: np.ndarray, factor: int) -> str:
-    url = str(path)
-    write_image(url, volume, (10.0 * factor, 10.0, 10.0))
-    return url
 
 
 def markers(url: str) -> set[str]:

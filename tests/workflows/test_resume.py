@@ -13,8 +13,6 @@ import psutil
 import pytest
 from clirun import read_output
 
-from isovol.pipeline.io.omezarr import write_image
-from isovol.pipeline.methods import get_method, upsample_array
 from isovol.workflows.upsample import UpsampleRequest, upsample
 
 FACTOR = 4
@@ -26,18 +24,6 @@ SUMMARY = re.compile(r"isovol: (\d+) blocks: (\d+) done, (\d+) skipped \(already
 @pytest.fixture(scope="module")
 def volume(crop) -> np.ndarray:
     return np.ascontiguousarray(crop[::FACTOR])  # (33, 128, 128): every 4th slice of the real crop
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory, volume) -> str:
-    url = str(tmp_path_factory.mktemp("input") / "in.ome.zarr")
-    write_image(url, volume, (10.0 * FACTOR, 10.0, 10.0))
-    return url
-
-
-@pytest.fixture(scope="module")
-def expected(volume) -> np.ndarray:
-    return upsample_array(volume, FACTOR, get_method("cubic"))
 
 
 def done_markers(out) -> dict[str, int]:

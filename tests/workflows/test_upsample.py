@@ -10,8 +10,6 @@ import zarr
 from clirun import read_output
 
 from isovol.pipeline.errors import InputError, OutputError, ResumeError
-from isovol.pipeline.io.omezarr import write_image
-from isovol.pipeline.methods import get_method, upsample_array
 from isovol.pipeline.methods.interp import Interpolation
 from isovol.workflows import cli as cli_mod
 from isovol.workflows import upsample as upsample_mod
@@ -24,18 +22,6 @@ FACTOR = 8
 @pytest.fixture(scope="module")
 def volume(crop) -> np.ndarray:
     return np.ascontiguousarray(crop[::FACTOR, 10:74, 40:104])  # (17, 64, 64) uint8
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory, volume) -> str:
-    url = str(tmp_path_factory.mktemp("input") / "in.ome.zarr")
-    write_image(url, volume, (10.0 * FACTOR, 10.0, 10.0))
-    return url
-
-
-@pytest.fixture(scope="module")
-def expected(volume) -> np.ndarray:
-    return upsample_array(volume, FACTOR, get_method("cubic"))
 
 
 def request(source: str, out, **kw) -> UpsampleRequest:

@@ -8,21 +8,11 @@ import torch
 
 from isovol.pipeline.models import IRSDE, build_nafnet
 from isovol.pipeline.models.irsde import theta_schedule
-from isovol.workflows.demo_data import load_crop
 
 
 @pytest.fixture(scope="module")
-def sde() -> IRSDE:
-    return IRSDE()
-
-
-@pytest.fixture(scope="module")
-def pair() -> tuple[torch.Tensor, torch.Tensor]:
-    """Real FlyEM XY patches x0 and their row-dropped (keep every 4th row), linearly re-upsampled mu."""
-    volume, _ = load_crop()
-    x0 = torch.from_numpy(volume[10:14, :33, :40].astype(np.float32) / 255.0)[:, None]
-    mu = torch.nn.functional.interpolate(x0[:, :, ::4], size=(33, 40), mode="bilinear", align_corners=True)
-    return x0, mu
+def pair(row_dropped) -> tuple[torch.Tensor, torch.Tensor]:
+    return row_dropped(np.s_[10:14, :33, :40])
 
 
 def _t(*steps: int) -> torch.Tensor:
