@@ -22,7 +22,7 @@ model's device, so a GPU worker copies each block over once and back once and th
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -163,6 +163,20 @@ class DGEANMethod(Method):
         cuts = [first] + list(range((first // tile + 1) * tile, g0 + n, tile)) + [g0 + n]
         return list(zip(cuts[:-1], cuts[1:]))
 
+    def _spans(self, o: int, n: int) -> list[_Span]:
+        """The tiles along Y or X of a block whose input starts at global ``o`` and whose core is ``n`` long
+        (the halo is ``halo.y`` on both axes): per tile its input, the part of its prediction that belongs to
+        the block, and where that goes in the core."""
+        m, g0 = self.margin, o + self.halo.y  # g0: global position of the first core voxel
+        spans = []
+        for a, b in self._segments(g0, n):
+            l0 = a - m - o  # the segment plus the margin, in local coordinates, its size a multiple of 16
+            c0, c1 = max(a, g0) - g0, min(b, g0 + n) - g0
+            p0 = max(a, g0) - a + m  # the block's part, offset inside the tile
+            spans.append(_Span(slice(l0, l0 + _round_up(b - a + 2 * m, ALIGN)), slice(p0, p0 + c1 - c0),
+                               slice(c0, c1)))
+        return spans
+
     def apply_at(self, data: np.ndarray, factor: int, start: int, stop: int,
                  origin: tuple[int, int, int]) -> np.ndarray:
         """All on the model's device: the block goes over once (pinned, asynchronous on CUDA), windows are
@@ -171,7 +185,7 @@ class DGEANMethod(Method):
         [0, 1], ``* scale``, round half to even, clip, cast), so CPU output is bit-identical to it (tested)."""
         import torch
 
-        m, hy = self.margin, self.halo.y
+        hy = self.halo.y
         zin, yh, xh = data.shape
         ny, nx = yh - 2 * hy, xh - 2 * hy
         js = np.arange(start, stop)
@@ -194,20 +208,12 @@ class DGEANMethod(Method):
                               dtype=result_dtype if result_dtype is not None else torch.float32)
         depths = torch.arange(1, factor, dtype=torch.float32, device=dev) / factor
         offsets = torch.arange(-1, 3, device=dev)
-        gy0, gx0 = origin[1] + hy, origin[2] + hy  # global position of the first core voxel
         with torch.inference_mode():
-            for ya, yb in self._segments(gy0, ny):
-                for xa, xb in self._segments(gx0, nx):
-                    # tile input in local coordinates: the segment plus the margin, its size a multiple of 16
-                    ly0, lx0 = ya - m - origin[1], xa - m - origin[2]
-                    ly1 = ly0 + _round_up(yb - ya + 2 * m, ALIGN)
-                    lx1 = lx0 + _round_up(xb - xa + 2 * m, ALIGN)
-                    # the part of the segment that belongs to this block, in core coordinates
-                    cy0, cy1 = max(ya, gy0) - gy0, min(yb, gy0 + ny) - gy0
-                    cx0, cx1 = max(xa, gx0) - gx0, min(xb, gx0 + nx) - gx0
-                    oy, ox = max(ya, gy0) - ya + m, max(xa, gx0) - xa + m  # its offset inside the tile
-                    tile = src[:, ly0:ly1, lx0:lx1]
-                    per_batch = self._batch(dev, ly1 - ly0, lx1 - lx0, factor - 1)
+            for ys in self._spans(origin[1], ny):
+                for xs in self._spans(origin[2], nx):
+                    tile = src[:, ys.input, xs.input]
+                    shape = (ys.input.stop - ys.input.start, xs.input.stop - xs.input.start)
+                    per_batch = self._batch(dev, *shape, factor - 1)
                     b0 = 0
                     while b0 < len(windows):
                         batch = windows[b0 : b0 + per_batch]
@@ -220,11 +226,11 @@ class DGEANMethod(Method):
                             if per_batch == 1:
                                 raise
                             per_batch = max(1, per_batch // 2)  # the estimate was too generous: halve, retry
-                            self._batch_cap[(ly1 - ly0, lx1 - lx0, factor - 1)] = per_batch
+                            self._batch_cap[(*shape, factor - 1)] = per_batch
                             del x
                             torch.cuda.empty_cache()
                             continue
-                        pred = pred.float()[:, :, oy : oy + cy1 - cy0, ox : ox + cx1 - cx0]
+                        pred = pred.float()[:, :, ys.pred, xs.pred]
                         pred = pred.clamp_(0, 1).mul_(scale)
                         if result_dtype is not None:  # integers exact in float32: round and clip here
                             info = np.iinfo(data.dtype)
@@ -234,7 +240,7 @@ class DGEANMethod(Method):
                             k0, k1 = max(1, start - i * factor), min(factor - 1, stop - 1 - i * factor)
                             if k0 <= k1:
                                 j0 = i * factor + k0 - start
-                                out_dev[j0 : j0 + k1 - k0 + 1, cy0:cy1, cx0:cx1] = pred[w, k0 - 1 : k1]
+                                out_dev[j0 : j0 + k1 - k0 + 1, ys.core, xs.core] = pred[w, k0 - 1 : k1]
                         b0 += len(batch)
         out = _to_host(out_dev)
         if result_dtype is None:
@@ -255,6 +261,16 @@ class DGEANMethod(Method):
             per_window = window_bytes(self.spec["model"], h, w, n_depths)
             self._batch_cap[key] = batch_for_memory(per_window, dev, fraction=self.memory_fraction)
         return self._batch_cap[key]
+
+
+class _Span(NamedTuple):
+    """One tile along one axis: ``input`` its rows (or columns) of the padded block, ``pred`` the part of its
+    prediction that belongs to the block, ``core`` where that part goes in the block's core."""
+
+    input: slice
+    pred: slice
+    core: slice
+
 
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k

@@ -13,11 +13,9 @@ import torch
 from isovol.pipeline.methods import cache
 from isovol.pipeline.methods.base import cast_like
 from isovol.pipeline.methods.dgean import (
-    ALIGN,
     CPU_WINDOWS_PER_BATCH,
     MAX_WINDOWS_PER_BATCH,
     DGEANMethod,
-    _round_up,
     _scale,
     batch_for_memory,
     window_bytes,
@@ -40,7 +38,7 @@ def model_dir(tmp_path_factory) -> str:
 def numpy_reference(method: DGEANMethod, data: np.ndarray, factor: int, start: int, stop: int,
                     origin: tuple[int, int, int]) -> np.ndarray:
     """The former implementation: windows stacked in numpy, converted on the host, cast slice by slice."""
-    m, hy = method.margin, method.halo.y
+    hy = method.halo.y
     _, yh, xh = data.shape
     ny, nx = yh - 2 * hy, xh - 2 * hy
     out = np.empty((stop - start, ny, nx), dtype=data.dtype)
@@ -52,28 +50,21 @@ def numpy_reference(method: DGEANMethod, data: np.ndarray, factor: int, start: i
         return out
     scale = _scale(data.dtype)
     depths = torch.arange(1, factor, dtype=torch.float32) / factor
-    gy0, gx0 = origin[1] + hy, origin[2] + hy
-    for ya, yb in method._segments(gy0, ny):
-        for xa, xb in method._segments(gx0, nx):
-            ly0, lx0 = ya - m - origin[1], xa - m - origin[2]
-            ly1 = ly0 + _round_up(yb - ya + 2 * m, ALIGN)
-            lx1 = lx0 + _round_up(xb - xa + 2 * m, ALIGN)
-            cy0, cy1 = max(ya, gy0) - gy0, min(yb, gy0 + ny) - gy0
-            cx0, cx1 = max(xa, gx0) - gx0, min(xb, gx0 + nx) - gx0
-            oy, ox = max(ya, gy0) - ya + m, max(xa, gx0) - xa + m
+    for ys in method._spans(origin[1], ny):  # the tile geometry is shared: what is compared is the data path
+        for xs in method._spans(origin[2], nx):
             for b0 in range(0, len(windows), 4):
                 batch = windows[b0 : b0 + 4]
-                stack = np.stack([data[i - 1 : i + 3, ly0:ly1, lx0:lx1] for i in batch])
+                stack = np.stack([data[i - 1 : i + 3, ys.input, xs.input] for i in batch])
                 x = torch.from_numpy(stack.astype(np.float32) / scale).unsqueeze(1)
                 with torch.no_grad():
                     pred = method.model(x, depths)
-                pred = pred.float()[:, :, oy : oy + cy1 - cy0, ox : ox + cx1 - cx0]
+                pred = pred.float()[:, :, ys.pred, xs.pred]
                 pred = pred.clamp_(0, 1).mul_(scale).cpu().numpy()
                 for w, i in enumerate(batch):
                     for k in range(1, factor):
                         j = i * factor + k
                         if start <= j < stop:
-                            out[j - start, cy0:cy1, cx0:cx1] = cast_like(pred[w, k - 1], data.dtype)
+                            out[j - start, ys.core, xs.core] = cast_like(pred[w, k - 1], data.dtype)
     return out
 
 
