@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from isovol.pipeline.checkpoints import save_json
 from isovol.pipeline.degrade import decimate_z
 from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import get_method, upsample_array
@@ -102,10 +103,7 @@ class Run:
     def save_row(self, name: str, row: dict[str, Any]) -> None:
         row = {"row": name, "title": TITLE[name], "device": self.device_name(), "recipe": self.recipe,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **row}
-        tmp = self.row_path(name) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(row, f, indent=1, default=float)
-        os.replace(tmp, self.row_path(name))
+        save_json(self.row_path(name), row)  # atomic: a row file exists only once it is whole
         out = os.environ.get("OUT")
         if out:
             os.makedirs(os.path.join(out, "rows"), exist_ok=True)
