@@ -196,10 +196,15 @@ def depth_grid(depths: Tensor | float | list[float], batch: int, device: torch.d
 
 
 def cubic_at_depths(x: Tensor, depths: Tensor | float | list[float]) -> Tensor:
-    """Keys cubic interpolation of window ``x`` (B, 1, 4, H, W) at depths -> (B, D, H, W)."""
-    d = depth_grid(depths, x.shape[0], x.device).to(x.dtype)
-    w = keys_weights_torch(d)  # (B, D, 4)
-    return torch.einsum("bdk,bkhw->bdhw", w, x[:, 0])
+    """Keys cubic interpolation of window ``x`` (B, 1, 4, H, W) at depths -> (B, D, H, W).
+
+    Always in ``x``'s own precision, outside any autocast: the base the residual is added to must be the shipped
+    cubic, and bf16 (8 bits of mantissa) would move it by up to one grey level of uint8 data near white.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        d = depth_grid(depths, x.shape[0], x.device).to(x.dtype)
+        w = keys_weights_torch(d)  # (B, D, 4)
+        return torch.einsum("bdk,bkhw->bdhw", w, x[:, 0])
 
 
 # ------------------------------------------------------------------------------------------- blocks

@@ -96,6 +96,23 @@ def test_cubic_baseline_matches_the_shipped_interpolation():
     np.testing.assert_allclose(ours, ref[1:], atol=1e-6)
 
 
+def test_cubic_baseline_stays_float32_under_bf16_autocast():
+    """The residual is learned on top of the shipped cubic: autocast must not round that base to bf16 (it would
+    move uint8 data near white by a grey level)."""
+    rng = np.random.default_rng(1)
+    window = torch.from_numpy(rng.random((2, 1, 4, 16, 16), dtype=np.float32) * 0.2 + 0.8)
+    depths = torch.arange(1, 8) / 8
+    ref = cubic_at_depths(window, depths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        base = cubic_at_depths(window, depths)
+        model = build_dgean(DGEANConfig.preset("tiny", out_init_scale=0.0)).eval()
+        with torch.no_grad():
+            out = model(window, depths)
+    assert base.dtype == torch.float32 and out.dtype == torch.float32
+    torch.testing.assert_close(base, ref, rtol=0, atol=0)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+
 def test_starts_close_to_cubic_interpolation(crop):
     x = crop[40:44, :48, :48][None, None]
     depths = torch.arange(1, 8) / 8
