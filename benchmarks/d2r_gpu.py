@@ -131,7 +131,9 @@ def main() -> int:
         sec = time.perf_counter() - t0
         per512 = sec / (sub.shape[1] + sub.shape[2]) * 512  # the sub-volume's XZ and YZ planes, per plane
         s = plane_scores(ref[:, :k, :], out, r, with_ssim=False)
-        table.append((name, network_calls(name, steps, fast._sde().T), per512, s["XZ"]["psnr"]))
+        T = meth._sde().T
+        start = meth.t_start or (T // 2 if name == "fast" else T)  # a prior trained on t <= t_max starts there
+        table.append((name, start, network_calls(name, steps, T, meth.t_start), per512, s["XZ"]["psnr"]))
     c = plane_scores(ref[:, :k, :], upsample_array(sub, r, get_method("cubic")), r, with_ssim=False)
 
     if args.stage3:
@@ -154,11 +156,11 @@ def main() -> int:
     for name, rr in rows.items():
         log(row(name, rr))
     log(f"\n## Samplers on the sub-volume y < {k}: its {k} XZ and {low.shape[2]} YZ planes\n")
-    log("| sampler | network calls | s per 512 lateral slices | PSNR XZ |")
-    log("|---|---|---|---|")
-    log(f"| cubic (no prior) | 0 | - | {c['XZ']['psnr']:.2f} |")
-    for name, calls, per512, p in table:
-        log(f"| {name} | {calls} | {per512:.1f} | {p:.2f} |")
+    log("| sampler | start t | network calls | s per 512 lateral slices | PSNR XZ |")
+    log("|---|---|---|---|---|")
+    log(f"| cubic (no prior) | - | 0 | - | {c['XZ']['psnr']:.2f} |")
+    for name, start, calls, per512, p in table:
+        log(f"| {name} | {start} | {calls} | {per512:.1f} | {p:.2f} |")
     log(f"\nwall time: Stage I {stage1:.0f} s, Stage II {stage2:.1f} s")
     with open(os.path.join(args.out, "d2r_gpu.json"), "w") as f:
         json.dump({"rows": rows, "samplers": table, "stage1_s": stage1, "stage2_s": stage2,

@@ -185,7 +185,8 @@ def plan(input_url: str, factor: str, method: str, model_dir: str | None, block_
 @click.option("--region", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1", help="Recover only this part of INPUT.")
 @click.option("--sampler", type=click.Choice(["reference", "posterior", "fast"]), default="fast", show_default=True)
 @click.option("--steps", type=int, default=None, help="Network calls of the fast sampler (<= 10) [default: 5].")
-@click.option("--t-start", type=int, default=None, help="Start step (truncated start) [default: T, fast: T/2].")
+@click.option("--t-start", type=int, default=None,
+              help="Start step (truncated start) [default: T, fast: T/2; at most the prior's training t_max].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (with slice and tile positions).")
 @click.option("--fusion", type=click.Choice(["mean", "geometric"]), default="mean", show_default=True)
 @click.option("--tile", type=int, default=128, show_default=True, help="Tile core size inside a slice.")

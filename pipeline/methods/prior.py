@@ -66,6 +66,7 @@ class PriorRecovery(Method):
             raise InputError(f"tile must be >= 16 and margin >= 0, got {tile}, {margin}")
         from ..samplers import _resolve  # validates sampler / steps / t_start against the SDE
 
+        t_start = self._start_within_training(sampler, t_start)
         try:
             _resolve(self._sde(), sampler, steps, t_start)
         except ValueError as exc:
@@ -76,6 +77,20 @@ class PriorRecovery(Method):
         self.halo = Halo(z=1 + math.ceil(margin / self.factor), y=margin, x=margin)
         self._net: Any = None
         self._build()  # refuse a corrupt or mismatched prior now, on the client
+
+    def _start_within_training(self, sampler: str, t_start: int | None) -> int | None:
+        """A prior trained on t <= t_max only (``train.t_max``) has never seen larger t: a sampler whose default
+        start lies above starts at t_max instead, and an explicit start above it is refused."""
+        t_max = (self.spec.get("train") or {}).get("t_max")
+        if t_max is None:
+            return t_start
+        if t_start is not None:
+            if int(t_start) > int(t_max):
+                raise InputError(f"sampler: the prior in {self.prior_dir} trained on t <= {t_max} only; "
+                                 f"start at t_start <= {t_max}, not {t_start}")
+            return t_start
+        T = self._sde().T
+        return int(t_max) if (T // 2 if sampler == "fast" else T) > int(t_max) else None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

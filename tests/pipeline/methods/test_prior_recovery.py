@@ -294,3 +294,27 @@ def test_corrupt_weights_are_refused_on_the_client(damaged):
 def test_bad_settings_are_refused(prior_dir, kw, match):
     with pytest.raises(InputError, match=match):
         PriorRecovery(prior_dir, **kw)
+
+
+def test_a_prior_trained_on_small_t_only_starts_there(damaged, volume):
+    """A prior trained on t <= t_max has never seen larger t: every sampler's default start is pulled down to
+    t_max (the reference then takes t_max calls), an explicit start above it is refused, a start below is kept."""
+    config = os.path.join(damaged, "config.json")
+    with open(config) as f:
+        spec = json.load(f)
+    spec["train"]["t_max"] = 20
+    with open(config, "w") as f:
+        json.dump(spec, f)
+    for sampler in ("reference", "posterior", "fast"):
+        assert PriorRecovery(damaged, sampler=sampler).t_start == 20
+    assert PriorRecovery(damaged, sampler="fast", t_start=12).t_start == 12
+    with pytest.raises(InputError, match="trained on t <= 20 only; start at t_start <= 20, not 30"):
+        PriorRecovery(damaged, t_start=30)
+    posterior = PriorRecovery(damaged, sampler="posterior", tile=TILE, margin=MARGIN)
+    out = upsample_array(volume[:2, :32, :32], R, posterior)
+    assert out.shape == (R + 1, 32, 32)
+    spec["train"]["t_max"] = 60  # above the fast sampler's default start (50): nothing changes
+    with open(config, "w") as f:
+        json.dump(spec, f)
+    assert PriorRecovery(damaged, sampler="fast").t_start is None
+    assert PriorRecovery(damaged, sampler="reference").t_start == 60
