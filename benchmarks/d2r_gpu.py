@@ -2,6 +2,7 @@
 input only, no ground truth, as a user would.
 
     python benchmarks/d2r_gpu.py --data devdata --prior-minutes 4 --stage3-minutes 2 --stage3   # GPU
+    python benchmarks/d2r_gpu.py --data devdata --prior-minutes 4 --prediction noise           # the paper's prior
     python benchmarks/d2r_gpu.py --data devdata --quick --stage3                                # CPU smoke run
 
 ``--data`` holds training_sample1_zyx_uint8.npy (FlyEM FIB-SEM, 250^3, 10 nm isotropic; a copy from
@@ -68,8 +69,12 @@ def main() -> int:
     ap.add_argument("--sampler-slices", type=int, default=64, help="lateral slices timed per sampler")
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="tiny models, small data: a CPU check of the path")
-    ap.add_argument("--prediction", choices=("noise", "x0"), default="noise",
-                    help="what Stage I's net predicts (docs/d2r.md); ignored with --prior")
+    ap.add_argument("--prediction", choices=("noise", "x0"), default="x0",
+                    help="what Stage I's net predicts (docs/d2r.md): x0 as the gpu-default recipe, or the paper's "
+                         "noise; ignored with --prior")
+    ap.add_argument("--t-max", type=int, default=None,
+                    help="train Stage I on t <= this only [x0: 50, as gpu-default; noise: all of 1..T, as the "
+                         "paper]; every sampler then starts at t_max at most")
     ap.add_argument("--prior", default=None, help="use this trained prior (at --factor) and skip Stage I, e.g. "
                                                   "devruns/issue5/models/d2r/prior left by issue5_table.py")
     args = ap.parse_args()
@@ -97,6 +102,7 @@ def main() -> int:
         prior_dir = os.path.join(work, "prior")
         mcfg, sde, tcfg = prior_trainer.resolve_recipe(recipe)
         sde = {**sde, "prediction": args.prediction}
+        tcfg.t_max = args.t_max if args.t_max is not None else (50 if args.prediction == "x0" else None)
         tcfg.max_minutes = args.prior_minutes
         if args.quick:
             tcfg.steps = 20
@@ -104,7 +110,8 @@ def main() -> int:
         res = prior_trainer.train_prior(low, prior_dir, r, model_config=mcfg, train=tcfg, sde=sde, device=device,
                                         source={"name": "flyem training_sample1, every 8th slice"}, log=log)
         stage1 = time.perf_counter() - t0
-        log(f"\nStage I: {res['steps']} steps in {stage1:.0f} s")
+        log(f"\nStage I: {res['steps']} steps in {stage1:.0f} s ({args.prediction} prediction, "
+            f"t <= {tcfg.t_max or sde.get('T', 100)})")
 
     # Stage II over the whole volume (fast sampler), and the cubic baseline
     tile = 32 if args.quick else args.tile
