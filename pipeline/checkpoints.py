@@ -37,8 +37,19 @@ def save_tensors(path: str, tensors: Mapping[str, Any], metadata: dict[str, str]
     atomic_write(path, save(flat, metadata=metadata))
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as plain JSON values (metrics often come out of numpy as float32)."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def save_json(path: str, obj: dict[str, Any]) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=_plain).encode())
 
 
 def load_json(path: str, what: str) -> dict[str, Any]:
