@@ -122,6 +122,8 @@ def main() -> int:
     stage2 = time.perf_counter() - t0
     cubic = upsample_array(low, r, get_method("cubic"))
     rows = {"cubic": score(ref, cubic, r), "Stage II pseudo-isotropic (fast)": score(ref, pseudo, r)}
+    for name, rr in rows.items():  # as soon as known: a call cut off by its time limit still leaves these
+        log(f"  {name}: PSNR XY {rr['XY']['psnr']:.2f}, XZ {rr['XZ']['psnr']:.2f}, YZ {rr['YZ']['psnr']:.2f}")
     log(f"Stage II (fast sampler, whole volume, {2 * gt.shape[1]} lateral slices): {stage2:.1f} s; at that rate a "
         f"512^3 output takes {stage2 * 512**3 / pseudo.size / 60:.1f} min (target <= 2 min on one H100)")
 
@@ -141,6 +143,8 @@ def main() -> int:
         T = meth._sde().T
         start = meth.t_start or (T // 2 if name == "fast" else T)  # a prior trained on t <= t_max starts there
         table.append((name, start, network_calls(name, steps, T, meth.t_start), per512, s["XZ"]["psnr"]))
+        log(f"  sampler {name}: start t {start}, {table[-1][2]} calls, {per512:.1f} s per 512 lateral slices, "
+            f"PSNR XZ {s['XZ']['psnr']:.2f}")
     c = plane_scores(ref[:, :k, :], upsample_array(sub, r, get_method("cubic")), r, with_ssim=False)
 
     if args.stage3:
@@ -155,6 +159,7 @@ def main() -> int:
         stage3 = time.perf_counter() - t0
         out = upsample_array(low, r, get_method("dgean", model=model_dir, device=device))
         rows["D2R-DGEAN"] = score(ref, out, r)
+        log(f"  D2R-DGEAN: PSNR XY {rows['D2R-DGEAN']['XY']['psnr']:.2f}")
         log(f"Stage III: {stage3:.0f} s")
 
     log(f"\n## FlyEM training_sample1, r = {r}, trained on the decimated input only\n")
