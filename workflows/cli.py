@@ -347,7 +347,7 @@ def status(output_url: str, storage_options: str | None, as_json: bool) -> None:
 @click.option("--factor", "-r", default=8, show_default=True, type=int)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--recipe", default="cpu-demo", show_default=True, metavar="cpu-demo|cpu-tiny|gpu-default|FILE",
-              help="D2R recipe (see isovol train): cpu-demo about 6 min on 2 cores, cpu-tiny 20 s (no gain).")
+              help="D2R recipe (see isovol train): cpu-demo about 5 min on 2 cores, cpu-tiny 20 s (no gain).")
 @click.option("--device", default=None, help="torch device for D2R training [default: cuda if available, else cpu].")
 def demo(out_dir: str, factor: int, workers: int, recipe: str, device: str | None) -> None:
     """Evaluate the classical methods and D2R (trained on the decimated crop only) on the bundled real FIB-SEM

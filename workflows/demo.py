@@ -5,8 +5,9 @@ slice is kept, D2R is trained on that decimated stack alone (Stage I prior on it
 of its XZ/YZ slices, Stage III DGEAN), and the classical methods and the trained DGEAN upsample it back
 through the real blockwise executor; everything is scored against the crop.
 
-The default recipe ``cpu-demo`` is the smallest D2R that beats cubic here: about 6 minutes on 2 cores (Stage I
-4 min, Stage III 1.5 min; time-budgeted), measured +0.35 dB PSNR_XY over cubic.  ``--recipe cpu-tiny`` runs
+The default recipe ``cpu-demo`` is the smallest D2R that beats cubic here: about 5 minutes on 2 cores (Stage I
+1 800 steps, Stage III 600; budgeted in steps, so every run gives the same model), measured +0.24 dB PSNR_XY
+over cubic.  ``--recipe cpu-tiny`` runs
 the flow in 20 s without a gain (a smoke run); ``gpu-default`` the published sizes (BENCHMARKS.md).
 """
 

@@ -218,7 +218,7 @@ def test_status_of_no_output(tmp_path, cli):
 
 def test_demo(tmp_path, cli):
     """The README's main job: the protocol on the bundled crop, D2R trained on the decimated crop only."""
-    # the flow with the 20-second recipe: the default cpu-demo trains for about 6 minutes (its gain is measured
+    # the flow with the 20-second recipe: the default cpu-demo trains for about 5 minutes (its gain is measured
     # in BENCHMARKS.md, not here)
     res = cli("demo", "--out", tmp_path / "demo", "--recipe", "cpu-tiny", cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr
