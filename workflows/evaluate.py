@@ -272,19 +272,15 @@ def train_method(spec: MethodSpec, in_url: str, low: np.ndarray, factor: int, re
     model_dir = os.path.join(req.out, "models", f"r{factor}", _safe(spec.key))
     trained_on = f"the decimated input ({low.shape[0]} slices, every {factor}th of the ground truth)"
     if spec.train == "d2r":
-        from .train import STAGES, STATE, run_train
+        from .train import STAGES, STATE, SettingsChanged, run_train
 
         log.info("evaluate: training %s (D2R Stage I-III, recipe %s) on %s", spec.key, spec.recipe, trained_on)
         try:
             run_train(os.path.abspath(in_url), model_dir, factor, recipe=spec.recipe or DEFAULT_RECIPE,
                       workers=req.workers, device=req.device, processes=req.processes, cluster=req.cluster,
                       cluster_config=req.cluster_config)
-        except InputError as exc:
-            if "settings changed since the last run" not in str(exc):
-                raise
-            # evaluate has no --restart-from: say what to do here, not what `isovol train` would take
-            reason = str(exc).split("; pass --restart-from")[0]
-            raise InputError(f"{reason}; the cached model was trained with other settings: delete {model_dir} "
+        except SettingsChanged as exc:  # evaluate has no --restart-from: say what to do here
+            raise InputError(f"{exc.reason}; the cached model was trained with other settings: delete {model_dir} "
                              f"or use a new --out") from None
         with open(os.path.join(model_dir, STATE)) as f:
             stages = json.load(f)["stages"]

@@ -174,6 +174,16 @@ def stage_hashes(settings: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+class SettingsChanged(InputError):
+    """A cached stage was trained with other settings.  ``reason`` says which; the message adds what
+    ``isovol train`` takes to redo it (a caller without ``--restart-from``, such as evaluate, words its own)."""
+
+    def __init__(self, reason: str, stage: str):
+        super().__init__(f"{reason}; pass --restart-from {stage} to redo it and the stages after it "
+                         f"(or use a new MODEL_DIR)")
+        self.reason, self.stage = reason, stage
+
+
 def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
@@ -271,9 +281,8 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
             saved = state["stages"].get(s)
             if saved is not None and saved.get("hash") != hashes[s]:
                 what = _changed(saved.get("settings", {}), settings[s]) or ["an earlier stage"]
-                raise InputError(f"{TITLES[s]} settings changed since the last run in {model_dir} "
-                                 f"({', '.join(what[:4])}); pass --restart-from {s} to redo it and the stages after "
-                                 f"it (or use a new MODEL_DIR)")
+                raise SettingsChanged(f"{TITLES[s]} settings changed since the last run in {model_dir} "
+                                      f"({', '.join(what[:4])})", s)
     if region:
         log.info("training region %s of %s %s", region_text(box), strip_url(input_url), tuple(vol.shape))
     elif cut:
