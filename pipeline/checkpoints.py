@@ -1,7 +1,8 @@
 """Checkpoints as safetensors + a JSON config. Nothing is ever unpickled.
 
 A model directory holds ``model.safetensors`` (weights), ``config.json`` (what to build, how it was
-trained) and, for resumable training, ``trainer.safetensors`` + ``trainer.json`` (optimiser state, step).
+trained) and, for resumable training, ``trainer.safetensors`` (the whole resume checkpoint in one file, see
+trainers/state.py) with ``trainer.json``, a readable copy of its record.
 The model hash is the SHA-256 of the weights file, recorded in run records and output provenance.
 """
 
@@ -48,8 +49,12 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def to_json(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(obj, indent=indent, sort_keys=True, default=_plain)
+
+
 def save_json(path: str, obj: dict[str, Any]) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=_plain).encode())
+    atomic_write(path, to_json(obj, indent=1).encode())
 
 
 def load_json(path: str, what: str) -> dict[str, Any]:
@@ -74,6 +79,17 @@ def load_tensors(path: str, what: str) -> dict[str, Any]:
         raise InputError(f"{what}: {path} not found")
     try:
         return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{what}: {path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+
+
+def load_metadata(path: str, what: str) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty when it has none)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{what}: {path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 

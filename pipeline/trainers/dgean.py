@@ -20,17 +20,14 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, load_tensors, save_json, save_tensors
+from ..checkpoints import WEIGHTS, file_sha256
 from ..errors import InputError
 from ..losses import DGEANLoss, load_lpips
 from ..models.dgean import DGEANConfig, build_dgean, cubic_at_depths
 from . import settings_from_dict
 from .recipes import read_recipe_file
-from .state import check_same_run, load_optimizer, optimizer_groups, optimizer_tensors, saved_identity
+from .state import publish, published_step, resume, save_checkpoint
 from .windows import WindowSampler
-
-TRAINER_STATE = "trainer.safetensors"
-TRAINER_JSON = "trainer.json"
 
 
 @dataclass
@@ -172,6 +169,7 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
             break
         for g in opt.param_groups:
             g["lr"] = _lr(step, train, elapsed)
+        sampler.gen = np.random.default_rng([train.seed, step])  # per step: a resumed run trains the same
         b = sampler.sample(train.batch)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             pred = model(b.window, b.depths)
@@ -191,7 +189,7 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
             log(f"step {step}/{train.steps}: loss {float(terms['total'].detach()):.4f}, "
                 f"validation PSNR {v['psnr']:.2f} dB (cubic {v['cubic_psnr']:.2f}) at step {v['step']}, "
                 f"{time.perf_counter() - t0:.0f} s")
-    if not os.path.exists(os.path.join(model_dir, WEIGHTS)):
+    if published_step(model_dir) != step:
         _save(model_dir, identity, model, opt, step, history, spent + time.perf_counter() - t0)
     return {"steps": step, "history": history, "seconds": time.perf_counter() - t0, "finished": finished,
             "model_hash": file_sha256(os.path.join(model_dir, WEIGHTS))}
@@ -199,28 +197,16 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
 
 def _save(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
           step: int, history: list[dict[str, Any]], elapsed: float = 0.0) -> None:
-    save_tensors(os.path.join(model_dir, TRAINER_STATE), optimizer_tensors(opt))
-    save_json(os.path.join(model_dir, TRAINER_JSON), {"step": step, "history": history, "elapsed_s": elapsed,
-                                                       "param_groups": optimizer_groups(opt)})
-    save_tensors(os.path.join(model_dir, WEIGHTS), model.state_dict())
-    save_json(os.path.join(model_dir, CONFIG), {**identity, "step": step, "validation": history[-1],
-                                                "isovol_version": __version__})
+    save_checkpoint(model_dir, identity, model, opt, {"step": step, "history": history, "elapsed_s": elapsed})
+    publish(model_dir, model.state_dict(), {**identity, "step": step, "validation": history[-1],
+                                            "isovol_version": __version__})
 
 
 def _resume(model_dir: str, identity: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
             log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]], float]:
     """(step, validation history, training seconds spent so far) of the directory's last checkpoint."""
-    saved = saved_identity(model_dir, CONFIG, "model directory")
-    if saved is None:
+    got = resume(model_dir, identity, model, opt, "model", log, also=("sampling",))
+    if got is None:
         return 0, [], 0.0
-    check_same_run(saved, identity, model_dir, "a model", also=("sampling",))
-    state = load_tensors(os.path.join(model_dir, WEIGHTS), "model directory")
-    check_state(model, state, "model directory")
-    model.load_state_dict(state)
-    trainer_json = os.path.join(model_dir, TRAINER_JSON)
-    if not os.path.exists(trainer_json):
-        return int(saved.get("step", 0)), [], 0.0
-    tj = load_json(trainer_json, "model directory")
-    load_optimizer(opt, load_tensors(os.path.join(model_dir, TRAINER_STATE), "model directory"), tj["param_groups"])
-    log(f"resuming training of {model_dir} at step {tj['step']}")
-    return int(tj["step"]), list(tj.get("history", [])), float(tj.get("elapsed_s", 0.0))
+    record = got[1]
+    return int(record["step"]), list(record["history"]), float(record["elapsed_s"])

@@ -38,16 +38,14 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, load_tensors, save_json, save_tensors
+from ..checkpoints import WEIGHTS, check_state, file_sha256
 from ..degrade import DIHEDRAL, add_noise, degrade_rows, dihedral, patch_rows, transposes
 from ..errors import InputError
 from . import settings_from_dict
 from .dgean import _lr, data_scale, psnr_batch
 from .recipes import read_recipe_file
-from .state import check_same_run, load_optimizer, optimizer_groups, optimizer_tensors, saved_identity
+from .state import prefixed, publish, published_step, resume, save_checkpoint
 
-TRAINER_STATE = "trainer.safetensors"
-TRAINER_JSON = "trainer.json"
 KIND = "irsde-prior"
 
 #: The published IR-SDE settings of D2R / EDiffSR: T = 100, cosine theta schedule, max sigma 50/255.
@@ -328,9 +326,6 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
         log(f"training the Stage I prior at factor {factor} on {n_train} XY slices of {volume.shape[1]}x"
             f"{volume.shape[2]} ({n_held} held out): {rows}x{cols} patches, batch {train.batch}, "
             f"steps {step}..{train.steps} on {dev}")
-    sampler.gen = np.random.default_rng([train.seed, step])
-    torch.manual_seed(train.seed * 1_000_003 + step)
-    noise_rng = np.random.default_rng([train.seed, step, 1])
     sdeobj = IRSDE(**sde_cfg).to(dev)
     val = validation_set(sampler, factor, train, sdeobj.T, dev)
     val_seed = train.seed + 4242
@@ -360,8 +355,11 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
             break
         for g in opt.param_groups:
             g["lr"] = _lr(step, train, elapsed)  # type: ignore[arg-type]
+        # seeded per step, so a run resumed at any step trains exactly what an uninterrupted one does
+        sampler.gen = np.random.default_rng([train.seed, step])
+        torch.manual_seed(train.seed * 1_000_003 + step)
         x0 = sampler.sample(train.batch)
-        cond = add_noise(x0, train.noise_poisson, train.noise_gaussian, noise_rng)
+        cond = add_noise(x0, train.noise_poisson, train.noise_gaussian, np.random.default_rng([train.seed, step, 1]))
         mu = degrade_rows(cond, factor)
         t = torch.randint(1, (train.t_max or sdeobj.T) + 1, (train.batch,), device=dev)
         noise = torch.randn_like(x0)
@@ -383,7 +381,7 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
             last_log = time.perf_counter()
             log(f"step {step}/{train.steps}: loss {float(loss.detach()):.5f}; {_describe(history[-1])} "
                 f"at step {history[-1]['step']}, {time.perf_counter() - t0:.0f} s")
-    if not os.path.exists(os.path.join(prior_dir, WEIGHTS)):
+    if published_step(prior_dir) != step:
         _save(prior_dir, identity, model, ema, opt, step, history, spent + time.perf_counter() - t0)
     return {"steps": step, "history": history, "seconds": time.perf_counter() - t0, "finished": finished,
             "model_hash": file_sha256(os.path.join(prior_dir, WEIGHTS))}
@@ -391,45 +389,23 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
 
 def _save(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
           step: int, history: list[dict[str, Any]], elapsed: float) -> None:
-    """Trainer state first, the EMA weights and config.json last (the step is in each file, so a resume after
-    a kill between the writes still restarts from consistent raw weights and optimiser state)."""
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    state.update({f"opt.{k}": v for k, v in optimizer_tensors(opt).items()})
-    state["step"] = torch.tensor(step, dtype=torch.int64)
-    state["ema_updates"] = torch.tensor(ema.updates, dtype=torch.int64)
-    save_tensors(os.path.join(prior_dir, TRAINER_STATE), state)
-    save_json(os.path.join(prior_dir, TRAINER_JSON),
-              {"step": step, "history": history, "elapsed_s": elapsed, "param_groups": optimizer_groups(opt)})
-    save_tensors(os.path.join(prior_dir, WEIGHTS), ema.model.state_dict(), metadata={"step": str(step)})
-    save_json(os.path.join(prior_dir, CONFIG), {**identity, "step": step, "validation": history[-1],
-                                                "isovol_version": __version__})
+    """The checkpoint keeps the raw weights for training on and the EMA weights; the EMA is published."""
+    weights = ema.model.state_dict()
+    save_checkpoint(prior_dir, identity, model, opt,
+                    {"step": step, "history": history, "elapsed_s": elapsed, "ema_updates": ema.updates},
+                    extra={f"ema.{k}": v for k, v in weights.items()})
+    publish(prior_dir, weights, {**identity, "step": step, "validation": history[-1], "isovol_version": __version__})
 
 
 def _resume(prior_dir: str, identity: dict[str, Any], model: torch.nn.Module, ema: EMA, opt: torch.optim.Optimizer,
             log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]], float]:
     """(step, validation history, training seconds spent so far) of the directory's last checkpoint."""
-    saved = saved_identity(prior_dir, CONFIG, "prior directory")
-    if saved is None:
+    got = resume(prior_dir, identity, model, opt, "prior", log)
+    if got is None:
         return 0, [], 0.0
-    if saved.get("kind") != KIND:
-        raise InputError(f"{prior_dir} holds a {saved.get('kind', 'unknown')!r} model, not an {KIND!r} prior; "
-                         f"use a new directory")
-    check_same_run(saved, identity, prior_dir, "a prior")
-    ema_state = load_tensors(os.path.join(prior_dir, WEIGHTS), "prior directory")
+    tensors, record = got
+    ema_state = prefixed(tensors, "ema.")
     check_state(ema.model, ema_state, "prior directory")
     ema.model.load_state_dict(ema_state)
-    trainer_json = os.path.join(prior_dir, TRAINER_JSON)
-    if not os.path.exists(trainer_json) or not os.path.exists(os.path.join(prior_dir, TRAINER_STATE)):
-        raise InputError(f"{prior_dir} holds a finished prior without its trainer state ({TRAINER_STATE}, "
-                         f"{TRAINER_JSON}); it cannot be trained further, use a new directory")
-    tj = load_json(trainer_json, "prior directory")
-    tensors = load_tensors(os.path.join(prior_dir, TRAINER_STATE), "prior directory")
-    raw = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    check_state(model, raw, "prior directory")
-    model.load_state_dict(raw)
-    load_optimizer(opt, {k[len("opt."):]: v for k, v in tensors.items() if k.startswith("opt.")}, tj["param_groups"])
-    step = int(tensors["step"]) if "step" in tensors else int(tj["step"])
-    ema.updates = int(tensors["ema_updates"]) if "ema_updates" in tensors else step
-    history = [h for h in tj.get("history", []) if h["step"] <= step]
-    log(f"resuming training of {prior_dir} at step {step}")
-    return step, history, float(tj.get("elapsed_s", 0.0))
+    ema.updates = int(record["ema_updates"])
+    return int(record["step"]), list(record["history"]), float(record["elapsed_s"])

@@ -153,7 +153,7 @@ def test_other_settings_in_the_same_directory_are_refused(trained, crop, change)
 
 def test_a_directory_of_other_files_is_refused(tmp_path, crop):
     (tmp_path / "weights.safetensors").write_bytes(b"something else")
-    with pytest.raises(InputError, match="no config.json; use an empty directory"):
+    with pytest.raises(InputError, match="holds files but no trainer.safetensors; use an empty directory"):
         train(crop, tmp_path, steps=1)
 
 

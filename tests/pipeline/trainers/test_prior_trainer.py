@@ -98,7 +98,10 @@ def test_checkpoint_files_and_plain_json_config(trained, aniso):
     checkpoints.check_state(net, ema, "test")
     net.load_state_dict(ema)
     trainer = checkpoints.load_tensors(os.path.join(prior_dir, "trainer.safetensors"), "test")
-    assert int(trainer["step"]) == STEPS and any(k.startswith("opt.") for k in trainer)
+    meta = checkpoints.load_metadata(os.path.join(prior_dir, "trainer.safetensors"), "test")
+    assert json.loads(meta["record"])["step"] == STEPS and json.loads(meta["identity"])["kind"] == "irsde-prior"
+    assert any(k.startswith("opt.") for k in trainer)
+    assert all(torch.equal(trainer[f"ema.{k}"], v) for k, v in ema.items())  # the checkpoint keeps the EMA too
     raw = {k[len("model."):]: v for k, v in trainer.items() if k.startswith("model.")}
     assert raw.keys() == ema.keys() and any(not torch.equal(raw[k], ema[k]) for k in ema)
     # the saved prior restores held-out patches through the sampler API as Stage II will call it
