@@ -6,7 +6,7 @@ of its XZ/YZ slices, Stage III DGEAN), and the classical methods and the trained
 through the real blockwise executor; everything is scored against the crop.
 
 The default recipe ``cpu-demo`` is the smallest D2R that beats cubic here: about 5 minutes on 2 cores (Stage I
-1 800 steps, Stage III 600; budgeted in steps, so every run gives the same model), measured +0.24 dB PSNR_XY
+1 800 steps, Stage III 600; budgeted in steps, so every run gives the same model), measured +0.20 dB PSNR_XY
 over cubic.  ``--recipe cpu-tiny`` runs the flow in 20 s without a gain (a smoke run); ``gpu-default`` the
 published sizes (BENCHMARKS.md).
 """
