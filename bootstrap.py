@@ -33,14 +33,26 @@ def _digest(extra: str) -> str:
     return h.hexdigest()
 
 
+def venv_usable() -> bool:
+    """The venv's Python runs and has pip. A kill during venv creation (in ensurepip) leaves bin/python without
+    pip: such a venv is not usable and is made anew."""
+    try:
+        return subprocess.call([_bin("python"), "-m", "pip", "--version"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) == 0
+    except OSError:  # no interpreter there (or not runnable)
+        return False
+
+
 def ensure_env(extra: str) -> None:
     stamp = VENV / ".isovol-installed"
     want = _digest(extra)
     if stamp.exists() and stamp.read_text() == want:
         return
-    if not Path(_bin("python")).exists():
-        print(f"bootstrap: creating {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
+    if not venv_usable():
+        # a half-made venv (pyvenv.cfg written) is cleared; a directory that is no venv is never emptied
+        clear = (VENV / "pyvenv.cfg").exists()
+        print(f"bootstrap: {'recreating' if clear else 'creating'} {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=clear).create(VENV)
     spec = f".[{extra}]" if extra else "."
     print(f"bootstrap: installing isovol{f'[{extra}]' if extra else ''} (first run takes a few minutes)", flush=True)
     subprocess.check_call([_bin("python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",

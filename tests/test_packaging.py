@@ -1,9 +1,12 @@
 """The README promise and packaging consistency: environment.yml and setup.cfg ask for the same things."""
 
 import configparser
+import os
 import re
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +56,56 @@ def test_every_source_package_is_installed():
     found = {"isovol." + ".".join(p.parent.relative_to(ROOT).parts)
              for top in ("pipeline", "workflows", "deploy") for p in (ROOT / top).rglob("__init__.py")}
     assert found <= listed, f"not in setup.cfg packages: {sorted(found - listed)}"
+
+
+def _bootstrap(monkeypatch, venv_dir: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("isovol_bootstrap", ROOT / "bootstrap.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "VENV", venv_dir)
+    return mod
+
+
+def _fake_python(venv_dir: Path, body: str) -> None:
+    py = venv_dir / "bin" / "python"
+    py.parent.mkdir(parents=True, exist_ok=True)
+    py.write_text(f"#!/bin/sh\n{body}\n")
+    py.chmod(0o755)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX shell script stands in for the venv's python")
+@pytest.mark.parametrize("case, usable, clear", [
+    ("killed-in-ensurepip", False, True),  # bin/python and pyvenv.cfg, no pip: cleared and made anew
+    ("killed-before-config", False, False),  # a bare directory: filled in, never cleared
+    ("complete", True, None),  # pip works: only the install runs
+])
+def test_bootstrap_recreates_a_venv_left_without_pip(case, usable, clear, tmp_path, monkeypatch):
+    """A kill during venv creation leaves bin/python but no pip; the next run must make the venv anew instead of
+    failing in pip install forever. No real venv is made here: the builder and pip are recorded."""
+    venv_dir = tmp_path / "venv"
+    venv_dir.mkdir()
+    if case != "killed-before-config":
+        (venv_dir / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        _fake_python(venv_dir, f'exec "{sys.executable}" "$@"' if usable else "exit 1  # No module named pip")
+    bs = _bootstrap(monkeypatch, venv_dir)
+    assert bs.venv_usable() is usable
+    built, installed = [], []
+
+    class Builder:
+        def __init__(self, **kw):
+            built.append(kw)
+
+        def create(self, path):
+            assert Path(path) == venv_dir
+
+    monkeypatch.setattr(bs.venv, "EnvBuilder", Builder)
+    monkeypatch.setattr(bs.subprocess, "check_call", lambda cmd, **kw: installed.append(cmd))
+    bs.ensure_env("test")
+    assert built == ([] if usable else [{"with_pip": True, "clear": clear}])
+    assert len(installed) == 1 and installed[0][1:4] == ["-m", "pip", "install"]
+    assert (venv_dir / ".isovol-installed").read_text() == bs._digest("test")
+    installed.clear()
+    bs.ensure_env("test")  # stamped: nothing is checked or installed again
+    assert installed == [] and len(built) == (0 if usable else 1)
