@@ -28,6 +28,7 @@ from ..pipeline.checkpoints import save_json
 from ..pipeline.degrade import decimate_z
 from ..pipeline.errors import InputError
 from ..pipeline.geometry import check_factor
+from ..pipeline.io.atomic import atomic_write
 from ..pipeline.io.omezarr import open_level0, write_image
 from ..pipeline.io.readers import Vec3, open_volume
 from ..pipeline.io.urls import strip_url
@@ -44,6 +45,9 @@ BOUNDARY_SIGMA = 1.5  # voxels: Laplacian-of-Gaussian scale, about a membrane's 
 BOUNDARY_PERCENTILE = 85.0  # voxels above this percentile of the ridge response are called boundary
 BOUNDARY_TOLERANCE = 1  # voxels: a detection within this distance (6-connected) of a true boundary counts
 SLICEFID_SKIP = "SliceFID skipped: no Inception weights given (--inception FILE)"
+#: the report files in REPORT; metrics.json is the commit marker: removed first when a run starts, written last, so
+#: its presence means this run's report is complete
+REPORT_FILES = ("metrics.json", "fsc.json", "comparison.png", "fsc.png", "report.md")
 
 
 @dataclass
@@ -196,6 +200,8 @@ def fsc_plot(curves: dict[str, dict[str, list[float]]], path: str, voxel_nm: flo
     """FSC curves against spatial frequency (up to Nyquist), the 0.5 threshold, one colour per curve, a legend."""
     from PIL import Image, ImageDraw
 
+    from .figures import save_png
+
     img = Image.new("RGB", (width, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
     left, right, top, bottom = 60, width - 20, 30, height - 50
@@ -233,7 +239,7 @@ def fsc_plot(curves: dict[str, dict[str, list[float]]], path: str, voxel_nm: flo
         ly = top + 10 + 16 * i
         d.line((right - 170, ly + 6, right - 150, ly + 6), fill=colour, width=3)
         d.text((right - 144, ly), name[:24], fill=colour)
-    img.save(path)
+    save_png(img, path)
 
 
 class OrthoViews:
@@ -336,8 +342,19 @@ def _read_labels(req: EvaluateRequest, shape: tuple[int, int, int]) -> np.ndarra
     return lab.read(tuple(slice(0, n) for n in lab.shape))
 
 
+def clear_report(out: str) -> None:
+    """Remove an earlier run's report files from ``out``, metrics.json (the commit marker) first."""
+    for name in REPORT_FILES:
+        try:
+            os.unlink(os.path.join(out, name))
+        except FileNotFoundError:
+            pass
+
+
 def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
-    """Run the protocol; write metrics.json, fsc.json, comparison.png, fsc.png and report.md into ``req.out``."""
+    """Run the protocol; write fsc.json, comparison.png, fsc.png, report.md and, last, metrics.json into
+    ``req.out``. A run removes the earlier run's report files once its inputs are valid, so a run that is killed
+    leaves no metrics.json: its presence means the report beside it is complete and this run's."""
     from .figures import ortho_figure
     from .upsample import UpsampleRequest, upsample
 
@@ -369,6 +386,7 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     truth = truth_full[:n_out]
     voxel_nm = float(np.mean(voxel))
     os.makedirs(req.out, exist_ok=True)
+    clear_report(req.out)  # inputs are valid and the long work starts: no earlier report may pass for this one's
     work = os.path.join(req.out, "work")
     os.makedirs(work, exist_ok=True)
     in_url = os.path.join(work, "input.ome.zarr")
@@ -438,10 +456,9 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     if slicefid is None:
         print(SLICEFID_SKIP)
 
-    with open(os.path.join(req.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
-    with open(os.path.join(req.out, "fsc.json"), "w") as f:
-        json.dump({"voxel_nm": voxel_nm, "curves": curves}, f, indent=1)
+    # every file atomically, metrics.json last: a kill at any point leaves no metrics.json, never a torn one
+    atomic_write(os.path.join(req.out, "fsc.json"),
+                 json.dumps({"voxel_nm": voxel_nm, "curves": curves}, indent=1).encode())
     ortho_figure({"ground truth": truth, **views}, os.path.join(req.out, "comparison.png"), z=z_show,
                  scale=2 if max(truth.shape) <= 256 else 1, title=f"Z x{factor}")
     fsc_plot(curves, os.path.join(req.out, "fsc.png"), voxel_nm)
@@ -452,4 +469,5 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     from .report import write_report
 
     write_report(os.path.join(req.out, "report.md"), metrics, info)
+    atomic_write(os.path.join(req.out, "metrics.json"), json.dumps(metrics, indent=1).encode())
     return {"metrics": metrics, "info": info}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..pipeline.io.atomic import atomic_write
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -39,4 +43,11 @@ def ortho_figure(volumes: dict[str, np.ndarray], path: str, z: int, y: int | Non
             canvas.paste(im, (left, top + label_h))
             left += w + gap
         top += h + label_h + gap
-    canvas.save(path)
+    save_png(canvas, path)
+
+
+def save_png(img: Image.Image, path: str) -> None:
+    """A Pillow image as a PNG file, written atomically (a kill never leaves half a figure)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..pipeline.io.atomic import atomic_write
 from ..pipeline.metrics import PSNR_CAP
 
 PLANES = ("XY", "XZ", "YZ")
@@ -135,5 +136,4 @@ def write_report(path: str, metrics: dict[str, Any], info: dict[str, Any]) -> No
         f"Run time {info['seconds']:.1f} s.",
         "",
     ]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    atomic_write(path, "\n".join(lines).encode("utf-8"))

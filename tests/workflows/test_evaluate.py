@@ -281,3 +281,51 @@ def test_wrong_inception_file_is_one_line_and_writes_nothing(case, expect, gt, t
     assert len(lines) == 1 and lines[0].startswith("isovol: error: Inception weights (--inception)"), lines
     assert expect in lines[0]
     assert not out.exists()
+
+
+# -- a kill at any point leaves no metrics.json that is not this run's, complete --------------------------------
+
+REPORT = ("metrics.json", "fsc.json", "comparison.png", "fsc.png", "report.md")
+
+
+@pytest.mark.parametrize("kill_at", ["scoring", "report.md"])
+def test_killed_run_leaves_no_metrics_json(kill_at, crop, tmp_path, client, monkeypatch):
+    """An earlier run's report is gone once a new run has started (a kill during its long work leaves no
+    metrics.json to pass for the new one's); a kill while the report is written leaves no metrics.json either,
+    nor a temp file that looks like a report; the next identical run completes the report, metrics.json last."""
+    from isovol.workflows import evaluate as ev
+    from isovol.workflows import report as report_mod
+
+    gt_url = str(tmp_path / "gt.ome.zarr")
+    write_image(gt_url, np.ascontiguousarray(crop[:9, :16, :16]), (10.0, 10.0, 10.0))
+    out = tmp_path / "rep"
+    out.mkdir()
+    for name in REPORT:  # the earlier run's complete-looking report
+        (out / name).write_text('{"cubic": {"stale": true}}' if name == "metrics.json" else "stale")
+    req = ev.EvaluateRequest(ground_truth=gt_url, factor=4, out=str(out), methods=[], progress=False)
+
+    def killed(*args, **kwargs):
+        assert not (out / "metrics.json").exists()  # already gone while the new run works
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        if kill_at == "scoring":
+            m.setattr(ev, "score", killed)
+        else:
+            m.setattr(report_mod, "atomic_write", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ev.evaluate(req, client=client)
+    left = sorted(p.name for p in out.iterdir())
+    assert "metrics.json" not in left and "report.md" not in left
+    assert not [n for n in left if n.startswith(".tmp-")]
+    if kill_at == "report.md":  # the new figures and curves were written whole before the kill
+        assert {"fsc.json", "comparison.png", "fsc.png"} <= set(left)
+        assert "stale" not in (out / "fsc.json").read_text()
+
+    result = ev.evaluate(req, client=client)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["cubic"] and metrics == json.loads(json.dumps(result["metrics"]))
+    assert set(metrics["cubic"]) >= {*PLANES, "fsc05_nm", "gain_over_cubic_db"}
+    for name in REPORT:
+        assert "stale" not in (out / name).read_bytes().decode("latin-1")
+    assert (out / "metrics.json").stat().st_mtime_ns >= max((out / n).stat().st_mtime_ns for n in REPORT)
