@@ -14,4 +14,9 @@ class OutputError(IsovolError):
 
 
 class ResumeError(OutputError):
-    """A resumed run does not match the run recorded in the output."""
+    """A resumed run does not match the run recorded in the output; ``reason`` is what differs, without the
+    executor's advice, for callers that advise otherwise (``isovol train``)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message

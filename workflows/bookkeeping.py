@@ -92,8 +92,8 @@ class Bookkeeper:
         if record.get("hash") != run_hash(components):
             old = record.get("components", {})
             detail = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in _changes(old, components))
-            raise ResumeError(f"cannot resume {strip_url(self.url)}: the run differs from the recorded one "
-                              f"({detail or 'hash mismatch'}); use --overwrite to start over")
+            reason = f"the run differs from the recorded one ({detail or 'hash mismatch'})"
+            raise ResumeError(f"cannot resume {strip_url(self.url)}: {reason}; use --overwrite to start over", reason)
         return record
 
     # -- markers -------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ the factor and the prior's recipe section), so a change anywhere invalidates tha
 A rerun skips the stages marked done, resumes the first unfinished one (Stage I and III from their last
 checkpoint, Stage II through the executor's done markers) and refuses to mix settings: it names the first
 changed stage and asks for ``--restart-from STAGE``, which deletes that stage's outputs and the later ones.
+``train.json`` is saved before anything is deleted, and a restart is recorded there until every stage is done,
+so the identical command after a kill goes on with the restart instead of deleting its progress again.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..pipeline.checkpoints import save_json
-from ..pipeline.errors import InputError, IsovolError
+from ..pipeline.errors import InputError, IsovolError, ResumeError
 from ..pipeline.io.readers import Vec3, open_volume
 from ..pipeline.io.urls import strip_url
 from ..pipeline.trainers.recipes import parse_recipe, read_recipe_file
@@ -198,7 +200,7 @@ def _save_state(model_dir: str, state: dict[str, Any]) -> None:
 def _load_state(model_dir: str) -> dict[str, Any] | None:
     path = os.path.join(model_dir, STATE)
     if not os.path.exists(path):
-        if os.path.isdir(model_dir) and os.listdir(model_dir):
+        if os.path.isdir(model_dir) and [f for f in os.listdir(model_dir) if not f.startswith(".tmp-")]:
             raise InputError(f"{model_dir} is not empty and holds no {STATE}: not an `isovol train` directory; "
                              f"use a new or empty one")
         return None
@@ -293,14 +295,20 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
     os.makedirs(model_dir, exist_ok=True)
     if state is None:
         state = {"stages": {}}
-    if restart_from is not None:
+    state.update({"recipe": label, "recipe_settings": norm, "factor": factor, "input": inp, "region": reg})
+    begin = restart_from is not None and state.get("restart") != {"stage": restart_from, "hash": hashes[restart_from]}
+    if restart_from is not None and not begin:
+        log.info("--restart-from %s: the restart begun by an earlier run with these settings goes on", restart_from)
+    elif restart_from is not None:
         log.info("--restart-from %s: deleting the outputs of %s and the stages after it", restart_from,
                  TITLES[restart_from])
-        _remove_outputs(model_dir, restart_from)
         for s in STAGES[STAGES.index(restart_from):]:
             state["stages"].pop(s, None)
-    state.update({"recipe": label, "recipe_settings": norm, "factor": factor, "input": inp, "region": reg})
-    _save_state(model_dir, state)
+        # kept until every stage is done, so the identical command after a kill goes on instead of starting over
+        state["restart"] = {"stage": restart_from, "hash": hashes[restart_from]}
+    _save_state(model_dir, state)  # before any deletion: a kill mid-delete leaves stages that start afresh
+    if begin:
+        _remove_outputs(model_dir, restart_from)  # type: ignore[arg-type]
 
     report: dict[str, dict[str, Any]] = {}
     validation: dict[str, Any] = {}
@@ -316,6 +324,8 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
             paused = s
             break
         resumed = st is not None
+        if not resumed:
+            _remove_outputs(model_dir, s)  # what a killed restart or an interrupted earlier run left behind
         state["stages"][s] = st = {"hash": hashes[s], "settings": settings[s], "done": False,
                                    "seconds": (st or {}).get("seconds", 0.0)}
         _save_state(model_dir, state)
@@ -341,6 +351,8 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
         _save_state(model_dir, state)
         report[s] = {"ran": True, "seconds": took}
         log.info("%s: done in %.0f s", TITLES[s], took)
+    if paused is None and state.pop("restart", None) is not None:
+        _save_state(model_dir, state)
     if paused is not None:
         parts = [f"{s} {'ran' if r['ran'] else 'skipped'}" for s, r in report.items()]
         return {"stages": report, "validation": {}, "paused": paused,
@@ -396,7 +408,10 @@ def _stage_recover(input_url: str, model_dir: str, factor: int, rec: dict[str, A
                           region=region_text(box), voxel_size=voxel_size, storage_options=options,
                           resume=os.path.exists(out), workers=workers, processes=processes, cluster=cluster,
                           cluster_config=cluster_config, command="isovol train (Stage II)")
-    summary = upsample(req)
+    try:
+        summary = upsample(req)
+    except ResumeError as exc:  # e.g. another isovol version: the executor's advice (--overwrite) is not ours
+        raise SettingsChanged(f"Stage II cannot resume {out}: {exc.reason}", "recover") from None
     log.info("Stage II: %s", summary.line())
     if not summary.ok:
         raise IsovolError(f"Stage II did not finish ({len(summary.failed)} block(s) failed); rerun the same "

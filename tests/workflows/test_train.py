@@ -96,8 +96,9 @@ def _kill(p: subprocess.Popen) -> None:
 
 
 def test_changed_stage_refuses_restart_and_kills_resume(trained, source, tmp_path):
-    """A changed recover seed names Stage II and --restart-from; the restart is killed in Stage II, its rerun
-    resumes Stage II and is killed in Stage III, the next rerun resumes Stage III; Stage I is never touched."""
+    """A changed recover seed names Stage II and --restart-from; the restart is killed in Stage II; the identical
+    command (a requeued batch job) goes on with the restart, resuming Stage II, and is killed in Stage III; a rerun
+    without --restart-from resumes Stage III; Stage I is never touched."""
     model = str(tmp_path / "model")
     shutil.copytree(trained[0], model)  # copy2: mtimes kept
     prior_files = tree(os.path.join(model, "prior"))
@@ -119,11 +120,13 @@ def test_changed_stage_refuses_restart_and_kills_resume(trained, source, tmp_pat
     assert not os.path.exists(os.path.join(model, "model.safetensors"))  # the old Stage III model is gone
 
     log2 = tmp_path / "2.log"
-    p = _start(log2, *args)
+    p = _start(log2, *args, "--restart-from", "recover")
     _wait(p, log2, lambda t: "Stage III (DGEAN): starting" in t
           and os.path.exists(os.path.join(model, "dgean", "trainer.json")))
     _kill(p)
     text = open(log2).read()
+    assert "--restart-from recover: the restart begun by an earlier run with these settings goes on" in text
+    assert "deleting the outputs" not in text
     assert "Stage I (lateral prior): done in an earlier run" in text
     assert "Stage II (lateral recovery): resuming" in text
     assert not json.load(open(os.path.join(model, "train.json")))["stages"]["dgean"]["done"]
@@ -135,6 +138,43 @@ def test_changed_stage_refuses_restart_and_kills_resume(trained, source, tmp_pat
     assert tree(os.path.join(model, "prior")) == prior_files
     state = json.load(open(os.path.join(model, "train.json")))
     assert state["recipe_settings"]["recover"]["seed"] == 1 and state["stages"]["dgean"]["done"]
+    assert "restart" not in state  # done: the same --restart-from would now redo Stage II
+
+
+def test_a_kill_while_a_restart_deletes_leaves_stages_that_start_afresh(trained, source, tmp_path, monkeypatch):
+    """train.json drops the restarted stages before their files go, so a kill mid-delete never leaves a stage
+    marked done with half its files; the plain rerun redoes them from scratch."""
+    from isovol.workflows import train
+
+    model = str(tmp_path / "model")
+    shutil.copytree(trained[0], model)
+    real = os.remove
+
+    def killed(path):
+        raise KeyboardInterrupt  # the first file of the published model: Stage II's output is already gone
+
+    monkeypatch.setattr(os, "remove", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.run_train(source, model, R, recipe="cpu-tiny", restart_from="recover", workers=1, processes=False)
+    monkeypatch.setattr(os, "remove", real)
+    state = json.load(open(os.path.join(model, "train.json")))
+    assert set(state["stages"]) == {"prior"} and state["restart"]["stage"] == "recover"
+    assert os.path.exists(os.path.join(model, "model.safetensors")) and not os.path.exists(
+        os.path.join(model, "pseudo.ome.zarr"))
+    result = train.run_train(source, model, R, recipe="cpu-tiny", workers=1, processes=False)
+    assert {s: r["ran"] for s, r in result["stages"].items()} == {"prior": False, "recover": True, "dgean": True}
+    assert "restart" not in json.load(open(os.path.join(model, "train.json")))
+
+
+def test_only_temporary_files_do_not_make_a_directory_foreign(tmp_path):
+    """A kill inside the first atomic write of train.json leaves only its temporary file: not a foreign folder."""
+    from isovol.workflows.train import _load_state
+
+    (tmp_path / ".tmp-abc123").write_bytes(b"{")
+    assert _load_state(str(tmp_path)) is None
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not an `isovol train` directory"):
+        _load_state(str(tmp_path))
 
 
 def test_bad_requests_are_one_error_line(tmp_path, source):
