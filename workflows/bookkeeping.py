@@ -68,13 +68,16 @@ class Bookkeeper:
         return is_local(self.url)
 
     # -- run record --------------------------------------------------------------------------------
-    def read_record(self) -> dict[str, Any] | None:
+    def read_record(self, damaged_ok: bool = False) -> dict[str, Any] | None:
+        """The run record, None when there is none; a damaged one is an error, or ``{}`` with ``damaged_ok``."""
         path = posixpath.join(self.root, RUN_RECORD)
         try:
             return json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
             return None
         except json.JSONDecodeError:
+            if damaged_ok:
+                return {}
             raise OutputError(f"{strip_url(self.url)}: the run record is damaged; rerun with --overwrite") from None
         except Exception as exc:  # storage errors (credentials, missing bucket): one clear line, not a traceback
             raise OutputError(f"cannot read {strip_url(self.url)}: {describe_error(exc)}") from None

@@ -394,12 +394,9 @@ def _stage_recover(input_url: str, model_dir: str, factor: int, rec: dict[str, A
                    box: tuple[slice, slice, slice], workers: int | None, device: str | None,
                    options: dict[str, Any], voxel_size: Vec3 | None, processes: bool, cluster: str = "local",
                    cluster_config: str | None = None) -> None:
-    from .bookkeeping import META_DIR, RUN_RECORD
     from .upsample import UpsampleRequest, upsample
 
-    out = os.path.join(model_dir, PSEUDO)
-    if os.path.exists(out) and not os.path.exists(os.path.join(out, META_DIR, RUN_RECORD)):
-        shutil.rmtree(out)  # killed while the output was being created: start it afresh
+    out = os.path.join(model_dir, PSEUDO)  # one left half made by a killed run is cleared by upsample itself
     method_options = {"factor": factor, **rec}
     if device:
         method_options["device"] = device

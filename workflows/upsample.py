@@ -110,11 +110,43 @@ def _output_state(req: UpsampleRequest) -> tuple[Any, str, bool]:
         raise OutputError(f"cannot access {strip_url(req.output)}: {describe_error(exc)}") from None
 
 
-def _remove_output(fs: Any, path: str, url: str) -> None:
-    """Delete a previous isovol output for --overwrite, but never a folder isovol did not make."""
-    empty_dir = fs.isdir(path) and not fs.ls(path)
-    if not empty_dir and not fs.exists(posixpath.join(path, META_DIR, RUN_RECORD)):  # a user's file or folder
+#: run-record states of an output that an interrupted run left half made: nothing in it is worth keeping
+UNFINISHED = {"creating": "created", "deleting": "deleted"}
+
+
+def _leftover(fs: Any, path: str, keeper: Bookkeeper) -> str | None:
+    """The state ("creating" or "deleting") of an output an interrupted run left half made, else None."""
+    if not fs.isdir(path):
+        return None
+    record = keeper.read_record(damaged_ok=True)
+    if record is not None:
+        return record.get("state") if record.get("state") in UNFINISHED else None
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
+    meta = posixpath.join(path, META_DIR)
+    if names == [META_DIR] and all(posixpath.basename(f).startswith(".tmp-") for f in fs.find(meta)):
+        return "creating"  # killed before the first run record was written: only its folder is there
+    return None
+
+
+def _remove_output(fs: Any, path: str, url: str, keeper: Bookkeeper) -> None:
+    """Delete a previous isovol output for --overwrite, but never a folder isovol did not make.
+
+    The run record is marked "deleting" first and removed last, so a kill at any point of a long delete (minutes
+    on an object store) leaves an output that the next run recognises as half deleted and clears."""
+    is_dir = fs.isdir(path)
+    record = keeper.read_record(damaged_ok=True) if is_dir else None
+    if not is_dir or (fs.ls(path) and record is None and _leftover(fs, path, keeper) is None):  # the user's
         raise OutputError(f"{strip_url(url)} exists and is not an isovol output; refusing to overwrite it")
+    if record is not None and record.get("state") != "deleting":
+        keeper.write_record({**record, "state": "deleting"})
+    meta = posixpath.join(path, META_DIR)
+    for p in fs.ls(path, detail=False):
+        if posixpath.basename(p.rstrip("/")) != META_DIR:
+            fs.rm(p, recursive=True)
+    if fs.exists(meta):
+        for p in fs.ls(meta, detail=False):
+            if posixpath.basename(p.rstrip("/")) != RUN_RECORD:
+                fs.rm(p, recursive=True)
     fs.rm(path, recursive=True)
 
 
@@ -127,6 +159,12 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     digest = run_hash(components)
     keeper = Bookkeeper(req.output, dict(req.out_options))
     fs, path, exists = _output_state(req)
+    unfinished = _leftover(fs, path, keeper) if exists else None
+    if unfinished is not None:
+        log.info("%s was left half %s by an interrupted run; removing it", strip_url(req.output),
+                 UNFINISHED[unfinished])
+        _remove_output(fs, path, req.output, keeper)
+        exists = False
     fresh = not exists or req.overwrite
     if exists and not (req.resume or req.overwrite):
         raise OutputError(f"output {strip_url(req.output)} exists; pass --resume to continue it or --overwrite "
@@ -138,7 +176,7 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
             log.info("removed %d partial file(s) left by an interrupted writer", removed)
     if fresh:
         if exists:
-            _remove_output(fs, path, req.output)
+            _remove_output(fs, path, req.output, keeper)
         _create(req, vol, method, plan, components, digest, keeper)
     done = keeper.done_keys(digest)
     todo = [b for b in plan.blocks() if b.key not in done]
@@ -181,14 +219,16 @@ def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, 
         "run_hash": digest,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    record = {"hash": digest, "components": components, "tasks": len(plan), "plan": plan.describe()}
     try:
+        # the record first ("creating"), so a kill while the image is set up leaves an output the next run clears
+        keeper.write_record({**record, "state": "creating"})
+        keeper.ensure_writable()
         create_image(req.output, req.out_options, shape=plan.out_shape, dtype=vol.dtype,
                      chunks=plan.chunk_shape, shards=plan.shard_shape,
                      voxel_size=output_voxel_size(vol.voxel_size, plan.factor),  # type: ignore[arg-type]
-                     translation=vol.translation, provenance=provenance, overwrite=req.overwrite)
-        keeper.ensure_writable()
-        keeper.write_record({"hash": digest, "components": components, "tasks": len(plan), "state": "created",
-                             "plan": plan.describe()})
+                     translation=vol.translation, provenance=provenance)
+        keeper.write_record({**record, "state": "created"})
     except Exception as exc:
         _cleanup_new(req)
         if isinstance(exc, OutputError):

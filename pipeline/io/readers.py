@@ -7,6 +7,7 @@ whatever process reads from it, so a worker receives a reader, not data.
 from __future__ import annotations
 
 import ast
+import json
 import operator
 import posixpath
 import re
@@ -440,12 +441,32 @@ def _dispatch(url: str, options: dict[str, Any]) -> Volume:
         return TiffVolume(url, options)
     if fs.isdir(path):
         names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
+        if ISOVOL_DIR in names:
+            _check_finished(fs, path, strip_url(url))
         if names & {"zarr.json", ".zarray", ".zgroup"}:
             return ZarrVolume(url, options)
         if any(n.lower().endswith((".tif", ".tiff")) for n in names):
             return TiffFolderVolume(url, options)
         raise InputError(f"{strip_url(url)} is a folder but neither a zarr store nor a folder of TIFF slices")
     raise InputError(f"{strip_url(url)}: unsupported format (zarr, OME-Zarr, TIFF, HDF5 or .npy expected)")
+
+
+#: an isovol output keeps its run record here (workflows/bookkeeping.py); its "state" says whether it is whole
+ISOVOL_DIR, RUN_RECORD = ".isovol", "run.json"
+
+
+def _check_finished(fs: Any, path: str, shown: str) -> None:
+    """Refuse an isovol output that is not complete: its unfinished blocks read as zeros, which a trainer or a
+    second upsampling would take for data."""
+    try:
+        state = json.loads(fs.cat_file(posixpath.join(path, ISOVOL_DIR, RUN_RECORD))).get("state")
+    except FileNotFoundError:
+        state = "creating"
+    except ValueError:
+        state = "unknown (damaged run record)"
+    if state != "complete":
+        raise InputError(f"{shown} is an unfinished isovol output (state {state}); finish it with the command "
+                         f"that made it and --resume (`isovol status` shows its progress)")
 
 
 def parse_voxel_size(text: str | None) -> Vec3 | None:

@@ -323,3 +323,39 @@ def test_output_bucket_not_found(moto_s3: MotoS3, zarr_input: str) -> None:
     line = _one_error_line(res)
     assert out in line and "not found" in line, line
     _assert_no_secret(res.stdout + res.stderr, moto_s3.admin[1])
+
+
+@pytest.mark.parametrize("kill_at", [1, 3])
+def test_a_kill_while_overwrite_deletes_on_s3_leaves_an_output_the_rerun_clears(
+        moto_s3: MotoS3, zarr_input: str, low_res: np.ndarray, monkeypatch: pytest.MonkeyPatch, kill_at: int) -> None:
+    """On an object store a delete is many requests (minutes for a big output): the record says "deleting" until
+    the last one, so a kill in between leaves an output the identical rerun recognises and replaces."""
+    from isovol.pipeline.io.urls import filesystem
+    from isovol.workflows.bookkeeping import Bookkeeper
+    from isovol.workflows.upsample import UpsampleRequest, upsample
+
+    opts = moto_s3.options()
+    out = f"s3://{BUCKET}/killed-{kill_at}.ome.zarr"
+
+    def req(**kw: Any) -> UpsampleRequest:
+        return UpsampleRequest(input=zarr_input, output=out, factor=FACTOR, block_shape=(64, 64, 64), progress=False,
+                               workers=1, processes=False, storage_options=opts, **kw)
+
+    assert upsample(req()).ok
+    fs = filesystem(out, opts)[0]  # fsspec's cached instance, the one upsample() gets
+    real, calls = fs.rm, {"n": 0}
+
+    def dying(path: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "rm", dying)
+    with pytest.raises(KeyboardInterrupt):
+        upsample(req(overwrite=True))
+    monkeypatch.undo()
+    assert Bookkeeper(out, opts).read_record()["state"] == "deleting"
+    summary = upsample(req())  # the identical command without --overwrite: the half-deleted output is cleared
+    assert summary.ok and summary.skipped == 0
+    np.testing.assert_array_equal(open_level0(out, opts, mode="r")[...], _reference(low_res, FACTOR))

@@ -177,3 +177,84 @@ def test_cli_exits_non_zero_when_blocks_fail(tmp_path, client, source, monkeypat
     assert "3 blocks: 0 done, 0 skipped (already done), 3 failed" in err
     assert "ValueError: deterministic bug" in err and "--resume" in err
     assert not os.listdir(out / ".isovol" / "done")
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4])  # zarr.json, 0/, .isovol/done, the rest
+def test_a_kill_while_overwrite_deletes_leaves_an_output_every_rerun_clears(tmp_path, client, source, expected,
+                                                                           monkeypatch, kill_at):
+    """--overwrite marks the record "deleting" and removes it last: a kill after any number of removals leaves an
+    output that the plain, --resume and --overwrite reruns all recognise as half deleted and start afresh."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    out = tmp_path / "out.ome.zarr"
+    assert upsample(request(source, out), client=client).ok
+    real, calls = LocalFileSystem.rm, {"n": 0}
+
+    def dying(self, path, recursive=False, maxdepth=None):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise KeyboardInterrupt
+        return real(self, path, recursive=recursive, maxdepth=maxdepth)
+
+    monkeypatch.setattr(LocalFileSystem, "rm", dying)
+    with pytest.raises(KeyboardInterrupt):
+        upsample(request(source, out, overwrite=True), client=client)
+    monkeypatch.setattr(LocalFileSystem, "rm", real)
+    assert Bookkeeper(str(out), {}).read_record()["state"] == "deleting"
+    with pytest.raises(InputError, match="unfinished isovol output .state deleting"):
+        upsample(request(str(out), tmp_path / "again.ome.zarr"), client=client)  # never read as an input
+    for kw in ({}, {"resume": True}, {"overwrite": True}):
+        summary = upsample(request(source, out, **kw), client=client)
+        assert summary.ok and summary.done == summary.total and summary.skipped == 0
+        assert np.array_equal(read_output(out), expected)
+        assert Bookkeeper(str(out), {}).read_record()["state"] == "complete"
+        if not kw.get("overwrite"):  # leave the next form a half-deleted output again
+            Bookkeeper(str(out), {}).write_record({**Bookkeeper(str(out), {}).read_record(), "state": "deleting"})
+
+
+@pytest.mark.parametrize("stage", ["before the image", "before the record says created"])
+def test_a_kill_while_a_fresh_output_is_created_leaves_one_the_rerun_clears(tmp_path, client, source, expected,
+                                                                           monkeypatch, stage):
+    out = tmp_path / "out.ome.zarr"
+    real = upsample_mod.create_image
+
+    def dying(*args, **kwargs):
+        if stage == "before the record says created":
+            real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(upsample_mod, "create_image", dying)
+    with pytest.raises(KeyboardInterrupt):
+        upsample(request(source, out), client=client)
+    monkeypatch.setattr(upsample_mod, "create_image", real)
+    assert Bookkeeper(str(out), {}).read_record()["state"] == "creating"
+    summary = upsample(request(source, out), client=client)  # the identical command
+    assert summary.ok and summary.done == summary.total
+    assert np.array_equal(read_output(out), expected)
+
+
+def test_a_bookkeeping_folder_without_a_record_is_a_half_created_output(tmp_path, client, source, expected):
+    """Killed inside the first record write: only .isovol/ with a temporary file. Ours, so cleared, not refused;
+    anything else beside it makes the folder the user's again."""
+    out = tmp_path / "out.ome.zarr"
+    (out / ".isovol" / "done").mkdir(parents=True)
+    (out / ".isovol" / ".tmp-x1y2").write_bytes(b"{")
+    assert upsample(request(source, out), client=client).ok
+    assert np.array_equal(read_output(out), expected)
+    mine = tmp_path / "mine"
+    (mine / ".isovol").mkdir(parents=True)
+    (mine / "data.raw").write_bytes(b"1")
+    with pytest.raises(OutputError, match="not an isovol output; refusing to overwrite"):
+        upsample(request(source, mine, overwrite=True), client=client)
+    assert (mine / "data.raw").exists()
+
+
+@pytest.mark.parametrize("state", ["running", "incomplete", "created"])
+def test_an_unfinished_output_is_refused_as_an_input(tmp_path, client, source, state):
+    """Its unfinished blocks read as zeros; a trainer or a second upsampling would take them for data."""
+    out = tmp_path / "out.ome.zarr"
+    assert upsample(request(source, out), client=client).ok
+    keeper = Bookkeeper(str(out), {})
+    keeper.write_record({**keeper.read_record(), "state": state})
+    with pytest.raises(InputError, match=f"unfinished isovol output \\(state {state}\\); finish it"):
+        upsample(request(str(out), tmp_path / "next.ome.zarr"), client=client)
