@@ -107,6 +107,13 @@ class Bookkeeper:
         body = json.dumps({"block": key, "hash": digest, "time": time.time()}).encode()
         _atomic_put(self.fs, self.marker_path(key), body, self.local)
 
+    def unmark(self, key: str) -> None:
+        """Withdraw a block's marker (before its shards are deleted and written again)."""
+        try:
+            self.fs.rm(self.marker_path(key))
+        except FileNotFoundError:
+            pass
+
     def done_keys(self, digest: str | None = None) -> set[str]:
         """Keys of blocks marked done (for run ``digest`` if given; markers of another run do not count)."""
         directory = posixpath.join(self.root, DONE_DIR)

@@ -111,7 +111,10 @@ def _write(ctx: BlockContext, block: Block, out: np.ndarray) -> None:
         ctx.array[box] = out
     except Exception:
         # zarr reads a stored shard before rewriting it, and one torn by a crash cannot be read: drop it and write
-        # afresh. Never delete first: a late duplicate attempt would open a window with a marked block's shard gone.
+        # afresh. Never delete first, and withdraw the block's marker before deleting: another attempt at the same
+        # block (a timed-out one still running) may have marked it done, and a kill between the delete and the
+        # rewrite must not leave a marked block without its shards. This attempt marks it again once durable.
+        ctx.keeper.unmark(block.key)
         clear_shards(ctx.array, block.out_lo, block.out_hi)
         ctx.array[box] = out
 

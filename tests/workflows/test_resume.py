@@ -185,3 +185,33 @@ def test_resume_of_a_missing_output_just_runs(tmp_path, source, expected, cli):
     assert res.returncode == 0, res.stderr
     assert summary_counts(res.stderr) == (12, 12, 0, 0)
     assert np.array_equal(read_output(out), expected)
+
+
+def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, client, source, expected, monkeypatch):
+    """A block marked done by another attempt (a timed-out one that went on) whose shard this attempt cannot
+    rewrite in place: the marker goes before the shard, so a kill in between never leaves a marked hole."""
+    from isovol.workflows import executor
+    from isovol.workflows.bookkeeping import Bookkeeper
+    from isovol.workflows.upsample import prepare, run_components, run_hash
+
+    out = tmp_path / "out.ome.zarr"
+    req = UpsampleRequest(input=source, output=str(out), factor=FACTOR, block_shape=(32, 64, 64), progress=False)
+    assert upsample(req, client=client).ok
+    vol, method, plan = prepare(req)
+    keeper = Bookkeeper(str(out), {})
+    ctx = executor.BlockContext(vol, method, plan, str(out), {}, keeper, run_hash(run_components(vol, method, plan)))
+    block = next(b for b in plan.blocks() if b.key == "1.0.1")
+    with open(shard_path(out, block.key), "r+b") as f:  # torn: zarr cannot read it to rewrite it in place
+        f.truncate(os.path.getsize(shard_path(out, block.key)) // 2)
+    seen = []
+    real = executor.clear_shards
+
+    def clear(array, lo, hi):
+        seen.append(block.key in keeper.done_keys())
+        real(array, lo, hi)
+
+    monkeypatch.setattr(executor, "clear_shards", clear)
+    executor.run_block(ctx, block)
+    assert seen == [False], "the marker must be gone before the shards are deleted"
+    assert block.key in keeper.done_keys(ctx.digest)  # marked again once rewritten
+    assert np.array_equal(read_output(out), expected)
