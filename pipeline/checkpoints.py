@@ -94,6 +94,16 @@ def load_metadata(path: str, what: str) -> dict[str, str]:
         raise InputError(f"{what}: {path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 
+def check_published(directory: str, spec: dict[str, Any], what: str) -> None:
+    """Refuse weights and a config of different checkpoints: a trainer publishes the weights (their step in
+    the file's metadata) and then config.json, so they differ while it writes or after a kill in between."""
+    step = load_metadata(os.path.join(directory, WEIGHTS), what).get("step")
+    if step is not None and "step" in spec and str(spec["step"]) != step:
+        raise InputError(f"{what}: {directory} holds the weights of step {step} but the config of step "
+                         f"{spec['step']}: a training is writing it or was killed while publishing; rerun (or let "
+                         f"finish) the training, which publishes both again")
+
+
 def check_state(model: Any, state: Mapping[str, Any], what: str) -> None:
     """Refuse weights whose names or shapes do not fit ``model``, naming the first mismatches."""
     own = model.state_dict()

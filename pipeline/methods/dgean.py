@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, load_tensors
+from ..checkpoints import CONFIG, WEIGHTS, check_published, check_state, file_sha256, load_json, load_tensors
 from ..errors import InputError
 from .base import Halo, Method, cast_like
 from .cache import shared_model
@@ -56,6 +56,7 @@ class DGEANMethod(Method):
         weights = os.path.join(self.model_dir, WEIGHTS)
         if not os.path.exists(weights):
             raise InputError(f"{model_dir} has no {WEIGHTS}")
+        check_published(self.model_dir, self.spec, "model")
         self.model_hash = file_sha256(weights)
         if margin < 0 or margin % ALIGN:
             raise InputError(f"margin must be a non-negative multiple of {ALIGN}, got {margin}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoints import CONFIG, WEIGHTS, check_state, file_sha256, load_json, load_tensors
+from ..checkpoints import CONFIG, WEIGHTS, check_published, check_state, file_sha256, load_json, load_tensors
 from ..errors import InputError
 from .base import Halo, Method, cast_like
 from .cache import shared_model
@@ -59,6 +59,7 @@ class PriorRecovery(Method):
         weights = os.path.join(self.prior_dir, WEIGHTS)
         if not os.path.exists(weights):
             raise InputError(f"{prior_dir} has no {WEIGHTS}")
+        check_published(self.prior_dir, self.spec, "prior")
         self.model_hash = file_sha256(weights)
         if fusion not in FUSIONS:
             raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")

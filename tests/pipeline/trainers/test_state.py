@@ -116,3 +116,23 @@ def test_directories_that_cannot_resume_are_refused(tmp_path, crop):
     train_prior(crop, other)
     with pytest.raises(InputError, match="holds a 'irsde-prior' checkpoint, not a 'dgean' one"):
         train_dgean(crop, other)
+
+
+def test_weights_and_config_of_different_checkpoints_are_refused_by_the_loaders(tmp_path, crop):
+    """A kill between the two files of a publication (or a training still writing) leaves weights newer than
+    the config; the methods refuse to use such a pair instead of labelling one model with another's record."""
+    from isovol.pipeline.methods.dgean import DGEANMethod
+    from isovol.pipeline.methods.prior import PriorRecovery
+
+    model, prior_dir = tmp_path / "model", tmp_path / "prior"
+    train_dgean(crop, model)
+    train_prior(crop, prior_dir)
+    DGEANMethod(str(model), device="cpu")
+    PriorRecovery(str(prior_dir), factor=FACTOR, device="cpu")
+    for path in (model, prior_dir):
+        config = json.loads((path / checkpoints.CONFIG).read_text())
+        checkpoints.save_json(str(path / checkpoints.CONFIG), {**config, "step": EVERY})
+    with pytest.raises(InputError, match=f"weights of step {STEPS} but the config of step {EVERY}"):
+        DGEANMethod(str(model), device="cpu")
+    with pytest.raises(InputError, match=f"weights of step {STEPS} but the config of step {EVERY}"):
+        PriorRecovery(str(prior_dir), factor=FACTOR, device="cpu")
