@@ -29,6 +29,15 @@ def run_hash(components: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def marker_tag(record: dict[str, Any]) -> str:
+    """What a done marker must carry to count in the output ``record`` describes: the run hash and the output's
+    generation (made anew each time the output is created).  A block of an earlier generation of the same run --
+    say a task still running on an external cluster when its client was killed and the output overwritten --
+    may mark itself done after its shards were deleted; its marker then does not count."""
+    generation = record.get("generation")
+    return f"{record['hash']}:{generation}" if generation else record["hash"]  # outputs made before generations
+
+
 def _atomic_put(fs: Any, path: str, data: bytes, local: bool) -> None:
     """Write a small file whole: temp + fsync + rename locally, a single PUT elsewhere."""
     if not local:
@@ -171,7 +180,7 @@ def status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str,
         if not fs.exists(path):
             raise OutputError(f"output not found: {strip_url(url)}")
         raise OutputError(f"{strip_url(url)} has no isovol run record")
-    done = keeper.done_keys(record.get("hash"))
+    done = keeper.done_keys(marker_tag(record)) if "hash" in record else set()
     total = int(record.get("tasks", 0))
     return {"output": strip_url(url), "state": record.get("state", "unknown"), "tasks": total,
             "done": len(done), "remaining": max(total - len(done), 0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..pipeline.io.omezarr import create_image, remove_partials
 from ..pipeline.io.readers import RegionVolume, Vec3, Volume, open_volume
 from ..pipeline.io.urls import describe_error, filesystem, strip_url
 from ..pipeline.methods import Method, get_method
-from .bookkeeping import META_DIR, RUN_RECORD, Bookkeeper, run_hash
+from .bookkeeping import META_DIR, RUN_RECORD, Bookkeeper, marker_tag, run_hash
 from .executor import BlockContext, Summary, execute
 
 log = logging.getLogger("isovol")
@@ -170,19 +171,20 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
         raise OutputError(f"output {strip_url(req.output)} exists; pass --resume to continue it or --overwrite "
                           "to replace it")
     if exists and req.resume:
-        keeper.check_resume(components)
+        record = keeper.check_resume(components)
         removed = remove_partials(req.output, req.out_options)
         if removed:
             log.info("removed %d partial file(s) left by an interrupted writer", removed)
     if fresh:
         if exists:
             _remove_output(fs, path, req.output, keeper)
-        _create(req, vol, method, plan, components, digest, keeper)
-    done = keeper.done_keys(digest)
+        record = _create(req, vol, method, plan, components, digest, keeper)
+    tag = marker_tag(record)
+    done = keeper.done_keys(tag)
     todo = [b for b in plan.blocks() if b.key not in done]
     log.info("%s -> %s: %d blocks, %d already done, method %s, factor %d", strip_url(req.input),
              strip_url(req.output), len(plan), len(plan) - len(todo), method.name, plan.factor)
-    ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, digest, overlap=req.overlap)
+    ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, tag, overlap=req.overlap)
     _set_state(keeper, "running")
     if client is None:
         with open_cluster(req.cluster, req.cluster_config, req.workers, req.scheduler,
@@ -203,7 +205,7 @@ def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: U
 
 
 def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, components: dict[str, Any],
-            digest: str, keeper: Bookkeeper) -> None:
+            digest: str, keeper: Bookkeeper) -> dict[str, Any]:
     provenance = {
         "method": method.name,
         "method_config": method.config(),
@@ -219,7 +221,8 @@ def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, 
         "run_hash": digest,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    record = {"hash": digest, "components": components, "tasks": len(plan), "plan": plan.describe()}
+    record = {"hash": digest, "generation": uuid.uuid4().hex[:16], "components": components, "tasks": len(plan),
+              "plan": plan.describe()}
     try:
         # the record first ("creating"), so a kill while the image is set up leaves an output the next run clears
         keeper.write_record({**record, "state": "creating"})
@@ -229,6 +232,7 @@ def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, 
                      voxel_size=output_voxel_size(vol.voxel_size, plan.factor),  # type: ignore[arg-type]
                      translation=vol.translation, provenance=provenance)
         keeper.write_record({**record, "state": "created"})
+        return record
     except Exception as exc:
         _cleanup_new(req)
         if isinstance(exc, OutputError):

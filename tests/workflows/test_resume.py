@@ -215,3 +215,21 @@ def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, clien
     assert seen == [False], "the marker must be gone before the shards are deleted"
     assert block.key in keeper.done_keys(ctx.digest)  # marked again once rewritten
     assert np.array_equal(read_output(out), expected)
+
+
+def test_a_late_marker_from_an_earlier_generation_of_the_output_does_not_count(tmp_path, client, source, expected):
+    """A block still running for a killed client (external cluster) may mark itself done after --overwrite deleted
+    its shards: same run hash, but an earlier generation of the output, so the resume recomputes the block."""
+    out = tmp_path / "out.ome.zarr"
+    req = UpsampleRequest(input=source, output=str(out), factor=FACTOR, block_shape=(32, 64, 64), progress=False)
+    assert upsample(req, client=client).ok
+    marker = os.path.join(str(out), ".isovol", "done", "1.0.1")
+    with open(marker, "rb") as f:
+        late = f.read()
+    assert upsample(UpsampleRequest(**{**req.__dict__, "overwrite": True}), client=client).ok
+    os.remove(shard_path(out, "1.0.1"))  # the orphan's shard went with the overwrite ...
+    with open(marker, "wb") as f:  # ... and its marker landed afterwards
+        f.write(late)
+    resumed = upsample(UpsampleRequest(**{**req.__dict__, "resume": True}), client=client)
+    assert resumed.ok and resumed.done == 1 and resumed.skipped == 19
+    assert np.array_equal(read_output(out), expected)

@@ -13,7 +13,7 @@ from isovol.pipeline.errors import InputError, OutputError, ResumeError
 from isovol.pipeline.methods.interp import Interpolation
 from isovol.workflows import cli as cli_mod
 from isovol.workflows import upsample as upsample_mod
-from isovol.workflows.bookkeeping import Bookkeeper
+from isovol.workflows.bookkeeping import Bookkeeper, marker_tag
 from isovol.workflows.upsample import UpsampleRequest, upsample
 
 FACTOR = 8
@@ -46,8 +46,10 @@ def test_fresh_run_records_a_complete_state(tmp_path, client, source, expected):
     keeper = Bookkeeper(str(out), {})
     record = keeper.read_record()
     assert record["state"] == "complete" and record["tasks"] == 20
-    assert keeper.done_keys(record["hash"]) == {f"{i}.{j}.{k}" for i in range(5) for j in range(2) for k in range(2)}
+    assert keeper.done_keys(marker_tag(record)) == {f"{i}.{j}.{k}" for i in range(5) for j in range(2)
+                                                    for k in range(2)}
     assert keeper.done_keys("another run") == set(), "markers of another run never count"
+    assert keeper.done_keys(record["hash"]) == set(), "nor those of another generation of the same run"
 
 
 def test_existing_output_is_refused_and_left_untouched(tmp_path, client, source):
