@@ -20,3 +20,7 @@ class ResumeError(OutputError):
     def __init__(self, message: str, reason: str = ""):
         super().__init__(message)
         self.reason = reason or message
+
+
+class StaleRunError(OutputError):
+    """A block of a run whose output has since been deleted or replaced: it must not write there."""

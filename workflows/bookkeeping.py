@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..pipeline.errors import OutputError, ResumeError
+from ..pipeline.errors import OutputError, ResumeError, StaleRunError
 from ..pipeline.io.atomic import atomic_write
 from ..pipeline.io.urls import describe_error, filesystem, is_local, strip_url
 
@@ -94,6 +94,14 @@ class Bookkeeper:
     def write_record(self, record: dict[str, Any]) -> None:
         _atomic_put(self.fs, posixpath.join(self.root, RUN_RECORD),
                     json.dumps(record, indent=1, sort_keys=True).encode(), self.local)
+
+    def check_current(self, tag: str) -> None:
+        """Refuse to write for a run that is no longer the output's: the output was deleted or replaced (another
+        generation) while this task ran, e.g. a task left running on an external cluster by a killed client."""
+        record = self.read_record(damaged_ok=True)
+        if record is None or "hash" not in record or marker_tag(record) != tag:
+            raise StaleRunError(f"{strip_url(self.url)} was deleted or replaced by another run; a block of the "
+                                f"earlier run stops before writing")
 
     def check_resume(self, components: dict[str, Any]) -> dict[str, Any]:
         """The recorded run, if it matches ``components``; otherwise a ResumeError naming what changed."""

@@ -191,15 +191,15 @@ def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, clien
     """A block marked done by another attempt (a timed-out one that went on) whose shard this attempt cannot
     rewrite in place: the marker goes before the shard, so a kill in between never leaves a marked hole."""
     from isovol.workflows import executor
-    from isovol.workflows.bookkeeping import Bookkeeper
-    from isovol.workflows.upsample import prepare, run_components, run_hash
+    from isovol.workflows.bookkeeping import Bookkeeper, marker_tag
+    from isovol.workflows.upsample import prepare
 
     out = tmp_path / "out.ome.zarr"
     req = UpsampleRequest(input=source, output=str(out), factor=FACTOR, block_shape=(32, 64, 64), progress=False)
     assert upsample(req, client=client).ok
     vol, method, plan = prepare(req)
     keeper = Bookkeeper(str(out), {})
-    ctx = executor.BlockContext(vol, method, plan, str(out), {}, keeper, run_hash(run_components(vol, method, plan)))
+    ctx = executor.BlockContext(vol, method, plan, str(out), {}, keeper, marker_tag(keeper.read_record()))
     block = next(b for b in plan.blocks() if b.key == "1.0.1")
     with open(shard_path(out, block.key), "r+b") as f:  # torn: zarr cannot read it to rewrite it in place
         f.truncate(os.path.getsize(shard_path(out, block.key)) // 2)
@@ -232,4 +232,27 @@ def test_a_late_marker_from_an_earlier_generation_of_the_output_does_not_count(t
         f.write(late)
     resumed = upsample(UpsampleRequest(**{**req.__dict__, "resume": True}), client=client)
     assert resumed.ok and resumed.done == 1 and resumed.skipped == 19
+    assert np.array_equal(read_output(out), expected)
+
+
+def test_a_block_of_a_replaced_run_does_not_write(tmp_path, client, source, expected):
+    """A task of an earlier generation (still running on an external cluster after its client was killed and the
+    output overwritten) stops before it writes, instead of putting its shards into the new output."""
+    from isovol.pipeline.errors import StaleRunError
+    from isovol.workflows import executor
+    from isovol.workflows.bookkeeping import Bookkeeper, marker_tag
+    from isovol.workflows.upsample import prepare
+
+    out = tmp_path / "out.ome.zarr"
+    req = UpsampleRequest(input=source, output=str(out), factor=FACTOR, block_shape=(32, 64, 64), progress=False)
+    assert upsample(req, client=client).ok
+    vol, method, plan = prepare(req)
+    keeper = Bookkeeper(str(out), {})
+    stale = executor.BlockContext(vol, method, plan, str(out), {}, keeper, marker_tag(keeper.read_record()))
+    assert upsample(UpsampleRequest(**{**req.__dict__, "overwrite": True}), client=client).ok
+    block = next(b for b in plan.blocks() if b.key == "2.1.0")
+    before = os.stat(shard_path(out, block.key)).st_mtime_ns
+    with pytest.raises(StaleRunError, match="deleted or replaced by another run"):
+        executor.run_block(stale, block)
+    assert os.stat(shard_path(out, block.key)).st_mtime_ns == before
     assert np.array_equal(read_output(out), expected)
