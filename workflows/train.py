@@ -30,7 +30,10 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
@@ -330,18 +333,19 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
                                    "seconds": (st or {}).get("seconds", 0.0)}
         _save_state(model_dir, state)
         log.info("%s: %s", TITLES[s], "resuming" if resumed else "starting")
-        t0 = time.perf_counter()
+        t0, base = time.perf_counter(), st["seconds"]
         stopped = False  # paused at the deadline (Stages I and III checkpoint and resume)
-        if s == "prior":
-            stopped = _stage_prior(vol, box, model_dir, factor, objs["prior"], device, inp, deadline)
-        elif s == "recover":
-            _stage_recover(input_url, model_dir, factor, norm["recover"], box, workers, device, options,
-                           voxel_size, processes, cluster, cluster_config)
-        else:
-            validation = _stage_dgean(model_dir, factor, objs["dgean"], device, deadline)
-            stopped = bool(validation.get("paused"))
+        with _clock(model_dir, state, st, base):
+            if s == "prior":
+                stopped = _stage_prior(vol, box, model_dir, factor, objs["prior"], device, inp, deadline)
+            elif s == "recover":
+                _stage_recover(input_url, model_dir, factor, norm["recover"], box, workers, device, options,
+                               voxel_size, processes, cluster, cluster_config)
+            else:
+                validation = _stage_dgean(model_dir, factor, objs["dgean"], device, deadline)
+                stopped = bool(validation.get("paused"))
         took = time.perf_counter() - t0
-        st["seconds"] = st["seconds"] + took
+        st["seconds"] = base + took
         if stopped:
             _save_state(model_dir, state)
             report[s] = {"ran": True, "seconds": took}
@@ -367,6 +371,31 @@ def run_train(input_url: str, model_dir: str, factor: int, *, region: str | None
                if "psnr" in validation else "no validation")
     line = f"train: {', '.join(parts)}; {quality}; model {model_dir}"
     return {"stages": report, "validation": validation, "line": line, "paused": None}
+
+
+#: seconds between saves of a running stage's time into train.json
+CLOCK_S = 30.0
+
+
+@contextmanager
+def _clock(model_dir: str, state: dict[str, Any], st: dict[str, Any], base: float) -> Iterator[None]:
+    """Keep the running stage's seconds in train.json up to date (every ``CLOCK_S``), so the time of a run that
+    is killed still counts in the stage times the report gives.  The main thread does not touch ``state``
+    while a stage runs, so the saves cannot interleave with its own."""
+    stop, t0 = threading.Event(), time.perf_counter()
+
+    def tick() -> None:
+        while not stop.wait(CLOCK_S):
+            st["seconds"] = base + time.perf_counter() - t0
+            _save_state(model_dir, state)
+
+    thread = threading.Thread(target=tick, name="isovol-train-clock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _room(stage: str) -> float:

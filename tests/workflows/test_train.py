@@ -289,3 +289,23 @@ def test_a_deadline_pauses_inside_stage_one_and_a_rerun_finishes_it_within_its_b
         done = json.load(f)
     assert done["step"] > paused_at["step"] and 3.0 <= done["elapsed_s"] < 3.0 + 10.0
     assert os.path.isfile(os.path.join(model, "model.safetensors"))
+
+
+def test_a_killed_stage_keeps_the_time_it_ran(tmp_path, source, monkeypatch):
+    """train.json holds a running stage's seconds as it goes, so a killed run's time still counts in the report."""
+    from isovol.workflows import train
+
+    def slow_then_killed(*args, **kwargs):
+        time.sleep(0.5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "CLOCK_S", 0.05)
+    monkeypatch.setattr(train, "_stage_prior", slow_then_killed)
+    model = str(tmp_path / "model")
+    with pytest.raises(KeyboardInterrupt):
+        train.run_train(source, model, R, recipe="cpu-tiny", workers=1, processes=False)
+    seconds = json.load(open(os.path.join(model, "train.json")))["stages"]["prior"]["seconds"]
+    assert 0.3 <= seconds <= 0.6
+    with pytest.raises(KeyboardInterrupt):  # the next run adds its own time to it
+        train.run_train(source, model, R, recipe="cpu-tiny", workers=1, processes=False)
+    assert json.load(open(os.path.join(model, "train.json")))["stages"]["prior"]["seconds"] >= seconds + 0.3
