@@ -187,9 +187,8 @@ def test_resume_of_a_missing_output_just_runs(tmp_path, source, expected, cli):
     assert np.array_equal(read_output(out), expected)
 
 
-def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, client, source, expected, monkeypatch):
-    """A block marked done by another attempt (a timed-out one that went on) whose shard this attempt cannot
-    rewrite in place: the marker goes before the shard, so a kill in between never leaves a marked hole."""
+def finished_run(tmp_path, client, source):
+    """A finished output of 20 blocks, its request, and the executor context of that run (what a worker gets)."""
     from isovol.workflows import executor
     from isovol.workflows.bookkeeping import Bookkeeper, marker_tag
     from isovol.workflows.upsample import prepare
@@ -199,8 +198,17 @@ def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, clien
     assert upsample(req, client=client).ok
     vol, method, plan = prepare(req)
     keeper = Bookkeeper(str(out), {})
-    ctx = executor.BlockContext(vol, method, plan, str(out), {}, keeper, marker_tag(keeper.read_record()))
-    block = next(b for b in plan.blocks() if b.key == "1.0.1")
+    return out, req, executor.BlockContext(vol, method, plan, str(out), {}, keeper, marker_tag(keeper.read_record()))
+
+
+def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, client, source, expected, monkeypatch):
+    """A block marked done by another attempt (a timed-out one that went on) whose shard this attempt cannot
+    rewrite in place: the marker goes before the shard, so a kill in between never leaves a marked hole."""
+    from isovol.workflows import executor
+
+    out, _, ctx = finished_run(tmp_path, client, source)
+    keeper = ctx.keeper
+    block = next(b for b in ctx.plan.blocks() if b.key == "1.0.1")
     with open(shard_path(out, block.key), "r+b") as f:  # torn: zarr cannot read it to rewrite it in place
         f.truncate(os.path.getsize(shard_path(out, block.key)) // 2)
     seen = []
@@ -220,9 +228,7 @@ def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, clien
 def test_a_late_marker_from_an_earlier_generation_of_the_output_does_not_count(tmp_path, client, source, expected):
     """A block still running for a killed client (external cluster) may mark itself done after --overwrite deleted
     its shards: same run hash, but an earlier generation of the output, so the resume recomputes the block."""
-    out = tmp_path / "out.ome.zarr"
-    req = UpsampleRequest(input=source, output=str(out), factor=FACTOR, block_shape=(32, 64, 64), progress=False)
-    assert upsample(req, client=client).ok
+    out, req, _ = finished_run(tmp_path, client, source)
     marker = os.path.join(str(out), ".isovol", "done", "1.0.1")
     with open(marker, "rb") as f:
         late = f.read()
@@ -240,17 +246,10 @@ def test_a_block_of_a_replaced_run_does_not_write(tmp_path, client, source, expe
     output overwritten) stops before it writes, instead of putting its shards into the new output."""
     from isovol.pipeline.errors import StaleRunError
     from isovol.workflows import executor
-    from isovol.workflows.bookkeeping import Bookkeeper, marker_tag
-    from isovol.workflows.upsample import prepare
 
-    out = tmp_path / "out.ome.zarr"
-    req = UpsampleRequest(input=source, output=str(out), factor=FACTOR, block_shape=(32, 64, 64), progress=False)
-    assert upsample(req, client=client).ok
-    vol, method, plan = prepare(req)
-    keeper = Bookkeeper(str(out), {})
-    stale = executor.BlockContext(vol, method, plan, str(out), {}, keeper, marker_tag(keeper.read_record()))
+    out, req, stale = finished_run(tmp_path, client, source)
     assert upsample(UpsampleRequest(**{**req.__dict__, "overwrite": True}), client=client).ok
-    block = next(b for b in plan.blocks() if b.key == "2.1.0")
+    block = next(b for b in stale.plan.blocks() if b.key == "2.1.0")
     before = os.stat(shard_path(out, block.key)).st_mtime_ns
     with pytest.raises(StaleRunError, match="deleted or replaced by another run"):
         executor.run_block(stale, block)
