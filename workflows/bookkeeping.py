@@ -17,10 +17,9 @@ from typing import Any
 
 from ..pipeline.errors import OutputError, ResumeError, StaleRunError
 from ..pipeline.io.atomic import atomic_write
+from ..pipeline.io.readers import META_DIR, RUN_RECORD
 from ..pipeline.io.urls import describe_error, filesystem, is_local, strip_url
 
-META_DIR = ".isovol"
-RUN_RECORD = "run.json"
 DONE_DIR = "done"
 
 

@@ -122,11 +122,14 @@ def _leftover(fs: Any, path: str, keeper: Bookkeeper) -> str | None:
     record = keeper.read_record(damaged_ok=True)
     if record is not None:
         return record.get("state") if record.get("state") in UNFINISHED else None
+    return "creating" if _bare_bookkeeping(fs, path) else None
+
+
+def _bare_bookkeeping(fs: Any, path: str) -> bool:
+    """Only ``.isovol/`` with at most temporary files in it: killed before the first run record was written."""
     names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
     meta = posixpath.join(path, META_DIR)
-    if names == [META_DIR] and all(posixpath.basename(f).startswith(".tmp-") for f in fs.find(meta)):
-        return "creating"  # killed before the first run record was written: only its folder is there
-    return None
+    return names == [META_DIR] and all(posixpath.basename(f).startswith(".tmp-") for f in fs.find(meta))
 
 
 def _remove_output(fs: Any, path: str, url: str, keeper: Bookkeeper) -> None:
@@ -136,7 +139,7 @@ def _remove_output(fs: Any, path: str, url: str, keeper: Bookkeeper) -> None:
     on an object store) leaves an output that the next run recognises as half deleted and clears."""
     is_dir = fs.isdir(path)
     record = keeper.read_record(damaged_ok=True) if is_dir else None
-    if not is_dir or (fs.ls(path) and record is None and _leftover(fs, path, keeper) is None):  # the user's
+    if not is_dir or (record is None and fs.ls(path) and not _bare_bookkeeping(fs, path)):  # the user's
         raise OutputError(f"{strip_url(url)} exists and is not an isovol output; refusing to overwrite it")
     if record is not None and record.get("state") != "deleting":
         keeper.write_record({**record, "state": "deleting"})

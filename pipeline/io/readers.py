@@ -441,7 +441,7 @@ def _dispatch(url: str, options: dict[str, Any]) -> Volume:
         return TiffVolume(url, options)
     if fs.isdir(path):
         names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
-        if ISOVOL_DIR in names:
+        if META_DIR in names:
             _check_finished(fs, path, strip_url(url))
         if names & {"zarr.json", ".zarray", ".zgroup"}:
             return ZarrVolume(url, options)
@@ -451,15 +451,16 @@ def _dispatch(url: str, options: dict[str, Any]) -> Volume:
     raise InputError(f"{strip_url(url)}: unsupported format (zarr, OME-Zarr, TIFF, HDF5 or .npy expected)")
 
 
-#: an isovol output keeps its run record here (workflows/bookkeeping.py); its "state" says whether it is whole
-ISOVOL_DIR, RUN_RECORD = ".isovol", "run.json"
+#: an isovol output keeps its run record here (written by workflows/bookkeeping.py, which takes these names from
+#: here); its "state" says whether the output is whole
+META_DIR, RUN_RECORD = ".isovol", "run.json"
 
 
 def _check_finished(fs: Any, path: str, shown: str) -> None:
     """Refuse an isovol output that is not complete: its unfinished blocks read as zeros, which a trainer or a
     second upsampling would take for data."""
     try:
-        state = json.loads(fs.cat_file(posixpath.join(path, ISOVOL_DIR, RUN_RECORD))).get("state")
+        state = json.loads(fs.cat_file(posixpath.join(path, META_DIR, RUN_RECORD))).get("state")
     except FileNotFoundError:
         state = "creating"
     except ValueError:
