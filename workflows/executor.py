@@ -69,6 +69,7 @@ def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
         out = _compute(ctx, block, _read(ctx, block))
         if ctx.overlap:
             _hand_over_thread()
+        ctx.keeper.check_current(ctx.digest)  # before the block's first write: see Bookkeeper.check_current
         _write(ctx, block, out)
     else:
         _pipeline(ctx, pieces)
@@ -107,7 +108,6 @@ def _compute(ctx: BlockContext, block: Block, data: np.ndarray) -> np.ndarray:
 
 def _write(ctx: BlockContext, block: Block, out: np.ndarray) -> None:
     box = tuple(slice(a, b) for a, b in zip(block.out_lo, block.out_hi))
-    ctx.keeper.check_current(ctx.digest)  # one small read per shard write; a late task of a replaced run stops
     try:
         ctx.array[box] = out
     except Exception:
@@ -168,6 +168,8 @@ def _pipeline(ctx: BlockContext, pieces: list[Block]) -> None:
                 del data
                 while len(writes) >= 2:  # bound the outputs held in memory
                     writes.popleft().result()
+                if i == 0:  # before the block's first write: see Bookkeeper.check_current
+                    ctx.keeper.check_current(ctx.digest)
                 writes.append(writer.submit(_write_durably, ctx, piece, out))
             _hand_over_thread()
             while writes:
