@@ -31,9 +31,9 @@ import torch
 
 from isovol.pipeline.degrade import decimate_z
 from isovol.pipeline.methods import get_method, upsample_array
-from isovol.pipeline.methods.prior import PriorRecovery
+from isovol.pipeline.methods.d2r_prior.method import PriorRecovery
 from isovol.pipeline.metrics import fsc, fsc_resolution, plane_scores
-from isovol.pipeline.samplers import network_calls
+from isovol.pipeline.methods.d2r_prior.samplers import network_calls
 from isovol.pipeline.trainers import dgean as dgean_trainer
 from isovol.pipeline.trainers import prior as prior_trainer
 

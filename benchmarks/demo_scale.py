@@ -18,9 +18,9 @@ import torch
 
 from isovol.pipeline.degrade import decimate_z
 from isovol.pipeline.methods import get_method, upsample_array
-from isovol.pipeline.methods.prior import PriorRecovery
+from isovol.pipeline.methods.d2r_prior.method import PriorRecovery
 from isovol.pipeline.metrics import plane_scores
-from isovol.pipeline.trainers.prior import PriorTrainConfig, _model_config, train_prior
+from isovol.pipeline.methods.d2r_prior.trainer import PriorTrainConfig, _model_config, train_prior
 from isovol.workflows.demo_data import load_crop
 
 #: a NAFNet between the presets `tiny` (0.03 M parameters, too small to learn) and `small` (5 M, too slow here)

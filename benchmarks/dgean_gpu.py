@@ -28,7 +28,7 @@ import torch
 from isovol.pipeline.degrade import decimate_z
 from isovol.pipeline.methods import get_method, upsample_array
 from isovol.pipeline.metrics import fsc, fsc_resolution, plane_scores
-from isovol.pipeline.trainers.dgean import resolve_recipe, train_dgean
+from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
 
 
 def log(msg: str) -> None:
@@ -52,7 +52,7 @@ def evaluate(gt: np.ndarray, factor: int, methods: dict) -> dict:
 
 
 def model_only(model_dir: str, factor: int, tiles: list[int], device: str, windows: int) -> list[dict]:
-    from isovol.pipeline.methods.dgean import DGEANMethod
+    from isovol.pipeline.methods.dgean.method import DGEANMethod
 
     m = DGEANMethod(model_dir, device=device)
     model = m.model

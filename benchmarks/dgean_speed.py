@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from isovol.pipeline.methods.dgean import ALIGN, _round_up
-from isovol.pipeline.models.dgean import DGEANConfig, build_dgean, count_parameters, estimate_macs
+from isovol.pipeline.methods.dgean.method import ALIGN, _round_up
+from isovol.pipeline.methods.dgean.network import DGEANConfig, build_dgean, count_parameters, estimate_macs
 
 FACTOR = 8
 MARGIN = 32

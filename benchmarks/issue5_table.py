@@ -38,7 +38,7 @@ from isovol.pipeline.checkpoints import save_json
 from isovol.pipeline.degrade import decimate_z
 from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import get_method, upsample_array
-from isovol.pipeline.trainers.dgean import train_dgean
+from isovol.pipeline.methods.dgean.trainer import train_dgean
 from isovol.workflows.evaluate import boundary_f1, detect_boundaries, score
 from isovol.workflows.train import STAGES, load_recipe, resolve, run_train
 

@@ -123,8 +123,8 @@ def overhead(root: str, quick: bool, worker_counts: list[int]) -> list[dict[str,
 def untrained_model(root: str, recipe: str) -> str:
     """An untrained DGEAN checkpoint, written on the CPU (the client must not create a CUDA context)."""
     from isovol.pipeline.checkpoints import CONFIG, WEIGHTS, save_json, save_tensors
-    from isovol.pipeline.models.dgean import build_dgean
-    from isovol.pipeline.trainers.dgean import resolve_recipe
+    from isovol.pipeline.methods.dgean.network import build_dgean
+    from isovol.pipeline.methods.dgean.trainer import resolve_recipe
 
     mcfg, _ = resolve_recipe(recipe)
     path = os.path.join(root, f"dgean-{recipe}")
@@ -140,7 +140,7 @@ def model_only_on_worker(model_dir: str, tile: int, seconds: float) -> list[dict
     """Runs on the GPU worker: the cached model, timed on the tile shapes and batch the method uses."""
     import torch
 
-    from isovol.pipeline.methods.dgean import ALIGN, DGEANMethod, _round_up
+    from isovol.pipeline.methods.dgean.method import ALIGN, DGEANMethod, _round_up
 
     method = DGEANMethod(model_dir, tile=tile)
     dev = torch.device(method._device())

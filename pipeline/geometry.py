@@ -48,3 +48,23 @@ def input_span(z0: int, z1: int, factor: int) -> tuple[int, int]:
 
 def output_voxel_size(voxel_size: tuple[float, float, float], factor: int) -> tuple[float, float, float]:
     return (voxel_size[0] / factor, voxel_size[1], voxel_size[2])
+
+
+def parse_region(text: str | None, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """``Z0:Z1,Y0:Y1,X0:X1`` (empty bounds allowed) -> slices, checked against ``shape``."""
+    if not text:
+        return (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise InputError(f"--region must be Z0:Z1,Y0:Y1,X0:X1, got {text!r}")
+    out = []
+    for part, n, axis in zip(parts, shape, "zyx"):
+        try:
+            a, b = (p.strip() for p in part.split(":"))
+            lo, hi = int(a) if a else 0, int(b) if b else n
+        except ValueError:
+            raise InputError(f"--region must be Z0:Z1,Y0:Y1,X0:X1 with integers, got {text!r}") from None
+        if not 0 <= lo < hi <= n:
+            raise InputError(f"--region {axis} range {lo}:{hi} lies outside the volume (size {n})")
+        out.append(slice(lo, hi))
+    return tuple(out)  # type: ignore[return-value]

@@ -24,7 +24,7 @@ def prior_dir(tmp_path_factory) -> str:
 
     import numpy as np
 
-    from isovol.pipeline.trainers.prior import resolve_recipe, train_prior
+    from isovol.pipeline.methods.d2r_prior.trainer import resolve_recipe, train_prior
     from isovol.workflows.demo_data import load_crop
 
     mcfg, sde, tcfg = resolve_recipe("tiny")

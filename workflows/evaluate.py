@@ -300,7 +300,7 @@ def _train_lateral(spec: MethodSpec, low: np.ndarray, factor: int, model_dir: st
                    req: EvaluateRequest) -> dict[str, Any]:
     """The naive lateral baseline: DGEAN on the decimated stack's own Y/X sequences, with the recipe's Stage III
     model and training settings and no Stage I-II."""
-    from ..pipeline.trainers.dgean import train_dgean
+    from ..pipeline.methods.dgean.trainer import train_dgean
     from .train import load_recipe, resolve
 
     _, raw = load_recipe(spec.recipe or DEFAULT_RECIPE)

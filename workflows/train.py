@@ -93,9 +93,9 @@ def load_recipe(name_or_path: str) -> tuple[str, dict[str, Any]]:
 
 def resolve(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(normalised settings per stage, for hashing; objects for the trainers)."""
-    from ..pipeline.models.dgean import DGEANConfig
-    from ..pipeline.trainers.dgean import TrainConfig
-    from ..pipeline.trainers.prior import PriorTrainConfig, _model_config, check_sde
+    from ..pipeline.methods.dgean.network import DGEANConfig
+    from ..pipeline.methods.dgean.trainer import TrainConfig
+    from ..pipeline.methods.d2r_prior.trainer import PriorTrainConfig, _model_config, check_sde
 
     p = spec["prior"]
     try:
@@ -407,7 +407,7 @@ def _room(stage: str) -> float:
 def _stage_prior(vol: Any, box: tuple[slice, slice, slice], model_dir: str, factor: int, objs: tuple,
                  device: str | None, inp: dict[str, Any], deadline: float | None = None) -> bool:
     """Train (or resume) Stage I; True when it paused at ``deadline`` before its budget was spent."""
-    from ..pipeline.trainers.prior import train_prior
+    from ..pipeline.methods.d2r_prior.trainer import train_prior
 
     mcfg, sde, tcfg = objs
     data = vol.read(box)
@@ -446,7 +446,7 @@ def _stage_recover(input_url: str, model_dir: str, factor: int, rec: dict[str, A
 
 def _stage_dgean(model_dir: str, factor: int, objs: tuple, device: str | None,
                  deadline: float | None = None) -> dict[str, Any]:
-    from ..pipeline.trainers.dgean import train_dgean
+    from ..pipeline.methods.dgean.trainer import train_dgean
 
     mcfg, tcfg = objs
     pv = open_volume(os.path.join(model_dir, PSEUDO))

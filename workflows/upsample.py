@@ -13,7 +13,7 @@ from ..deploy.clusters import check_cluster, open_cluster
 from ..pipeline import __version__
 from ..pipeline.blocks import BlockPlan, Shape3
 from ..pipeline.errors import InputError, OutputError
-from ..pipeline.geometry import CONVENTION, check_factor, output_shape, output_voxel_size
+from ..pipeline.geometry import CONVENTION, check_factor, output_shape, output_voxel_size, parse_region
 from ..pipeline.io.omezarr import create_image, remove_partials
 from ..pipeline.io.readers import RegionVolume, Vec3, Volume, open_volume
 from ..pipeline.io.urls import describe_error, filesystem, strip_url
@@ -68,8 +68,6 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         raise InputError("the output must not be the input")
     vol = open_volume(req.input, req.storage_options, req.voxel_size)
     if req.region:
-        from .train_dgean import parse_region
-
         vol = RegionVolume(vol, parse_region(req.region, vol.shape))
     if vol.shape[0] < 2:
         raise InputError(f"{strip_url(req.input)} has {vol.shape[0]} Z slice(s); at least 2 are needed")

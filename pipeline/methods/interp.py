@@ -88,3 +88,23 @@ class Interpolation(Method):
                 acc += work(w) * src[idx + offset]
             out[dst] = cast_like(acc, data.dtype)
         return out
+
+
+def _entry(kind: str, description: str) -> Any:
+    from .registry import Kind, MethodEntry
+
+    def build(_model: None, **options: Any) -> Interpolation:
+        if options:
+            from ..errors import InputError
+
+            raise InputError(f"method {kind!r} takes no options, got {', '.join(sorted(options))}")
+        return Interpolation(kind)
+
+    return MethodEntry(kind, Kind.CLASSICAL, description, build)
+
+
+ENTRIES = (
+    _entry("nearest", "nearest input slice along Z (ties to the later slice)"),
+    _entry("linear", "linear interpolation along Z; often the best classical method on EM"),
+    _entry("cubic", "Keys cubic convolution along Z (a = -0.5): local, so exactly blockwise"),
+)

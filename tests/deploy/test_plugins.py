@@ -13,8 +13,8 @@ from isovol.deploy.local import cluster_client
 from isovol.deploy.plugins import NAME, ModelPlugin, worker_stats
 from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import cache, upsample_array
-from isovol.pipeline.methods.dgean import DGEANMethod
-from isovol.pipeline.trainers.dgean import resolve_recipe, train_dgean
+from isovol.pipeline.methods.dgean.method import DGEANMethod
+from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
 from isovol.workflows.demo_data import load_crop
 from isovol.workflows.upsample import UpsampleRequest, upsample
 
@@ -102,8 +102,8 @@ def test_gpu_memory_is_released_after_block_tasks_only_when_cuda_is_in_use(monke
 
 def test_the_stage_two_prior_loads_once_per_worker_too(tmp_path):
     """Stage II's prior takes the worker's cached copy as DGEAN does: one load for all blocks of two runs."""
-    from isovol.pipeline.trainers.prior import resolve_recipe as prior_recipe
-    from isovol.pipeline.trainers.prior import train_prior
+    from isovol.pipeline.methods.d2r_prior.trainer import resolve_recipe as prior_recipe
+    from isovol.pipeline.methods.d2r_prior.trainer import train_prior
 
     mcfg, sde, tcfg = prior_recipe("tiny")
     prior = str(tmp_path / "prior")

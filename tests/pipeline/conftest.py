@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from isovol.pipeline.models import IRSDE
+from isovol.pipeline.methods.d2r_prior.irsde import IRSDE
 from isovol.workflows.demo_data import load_crop
 
 Pair = tuple[torch.Tensor, torch.Tensor]

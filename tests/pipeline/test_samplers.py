@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from isovol.pipeline.models import IRSDE, build_nafnet
-from isovol.pipeline.samplers import (
+from isovol.pipeline.methods.d2r_prior.irsde import IRSDE
+from isovol.pipeline.methods.d2r_prior.nafnet import build_nafnet
+from isovol.pipeline.methods.d2r_prior.samplers import (
     fast_timesteps,
     network_calls,
     per_sample_noise,

@@ -19,9 +19,9 @@ from clirun import run_isovol as run
 from isovol.pipeline.errors import InputError, ResumeError
 from isovol.pipeline.io.omezarr import read_attributes, write_image
 from isovol.pipeline.methods import upsample_array
-from isovol.pipeline.methods.dgean import DGEANMethod
-from isovol.pipeline.trainers.dgean import resolve_recipe, train_dgean
-from isovol.workflows.train_dgean import parse_region
+from isovol.pipeline.methods.dgean.method import DGEANMethod
+from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
+from isovol.pipeline.geometry import parse_region
 from isovol.workflows.upsample import UpsampleRequest, upsample
 
 FACTOR = 8

@@ -13,9 +13,9 @@ import zarr
 
 from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import get_method, upsample_array
-from isovol.pipeline.methods.dgean import DGEANMethod
+from isovol.pipeline.methods.dgean.method import DGEANMethod
 from isovol.pipeline.methods.interp import Interpolation
-from isovol.pipeline.trainers.dgean import resolve_recipe, train_dgean
+from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
 from isovol.workflows import executor
 from isovol.workflows import upsample as up
 from isovol.workflows.bookkeeping import Bookkeeper

@@ -20,7 +20,7 @@ from clirun import run_isovol as run
 from isovol.pipeline.errors import InputError
 from isovol.pipeline.io.omezarr import read_attributes, write_image
 from isovol.pipeline.methods import upsample_array
-from isovol.pipeline.methods.prior import PriorRecovery
+from isovol.pipeline.methods.d2r_prior.method import PriorRecovery
 from isovol.workflows.upsample import UpsampleRequest, upsample
 
 R = 8

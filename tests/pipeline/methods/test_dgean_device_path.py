@@ -12,7 +12,7 @@ import torch
 
 from isovol.pipeline.methods import cache
 from isovol.pipeline.methods.base import cast_like
-from isovol.pipeline.methods.dgean import (
+from isovol.pipeline.methods.dgean.method import (
     CPU_WINDOWS_PER_BATCH,
     MAX_WINDOWS_PER_BATCH,
     DGEANMethod,
@@ -20,7 +20,7 @@ from isovol.pipeline.methods.dgean import (
     batch_for_memory,
     window_bytes,
 )
-from isovol.pipeline.trainers.dgean import resolve_recipe, train_dgean
+from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
 from isovol.workflows.demo_data import load_crop
 
 

@@ -16,9 +16,9 @@ import torch
 from isovol.pipeline.checkpoints import file_sha256, save_tensors
 from isovol.pipeline.errors import InputError
 from isovol.pipeline.methods import get_method, upsample_array
-from isovol.pipeline.methods.dgean import DGEANMethod
-from isovol.pipeline.models.dgean import DGEANConfig, build_dgean
-from isovol.pipeline.trainers.dgean import resolve_recipe, train_dgean
+from isovol.pipeline.methods.dgean.method import DGEANMethod
+from isovol.pipeline.methods.dgean.network import DGEANConfig, build_dgean
+from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
 from isovol.workflows.demo_data import load_crop
 
 TRAINED_AT = 8

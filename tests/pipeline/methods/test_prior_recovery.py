@@ -19,7 +19,7 @@ from isovol.pipeline.checkpoints import file_sha256
 from isovol.pipeline.errors import InputError
 from isovol.pipeline.methods import Halo, get_method, upsample_array
 from isovol.pipeline.methods.interp import Interpolation
-from isovol.pipeline.methods.prior import PriorRecovery, recover_block_shape, tile_seed
+from isovol.pipeline.methods.d2r_prior.method import PriorRecovery, recover_block_shape, tile_seed
 from isovol.workflows.demo_data import load_crop
 
 R = 8

@@ -8,8 +8,8 @@ import torch
 
 from isovol.pipeline.losses import DGEANLoss
 from isovol.pipeline.methods.interp import Interpolation, keys_weights
-from isovol.pipeline.models import DGEAN, DGEANConfig, build_dgean, cubic_at_depths, keys_weights_torch
-from isovol.pipeline.models.dgean import count_parameters, estimate_macs
+from isovol.pipeline.methods.dgean.network import DGEAN, DGEANConfig, build_dgean, cubic_at_depths, keys_weights_torch
+from isovol.pipeline.methods.dgean.network import count_parameters, estimate_macs
 from isovol.workflows.demo_data import load_crop
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from isovol.pipeline.models import IRSDE, build_nafnet
-from isovol.pipeline.models.irsde import theta_schedule
+from isovol.pipeline.methods.d2r_prior.irsde import IRSDE
+from isovol.pipeline.methods.d2r_prior.nafnet import build_nafnet
+from isovol.pipeline.methods.d2r_prior.irsde import theta_schedule
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from isovol.pipeline.models import NAFNET_PRESETS, ConditionalNAFNet, NAFNetConfig, build_nafnet
-from isovol.pipeline.models.nafnet import count_parameters, estimate_macs
+from isovol.pipeline.methods.d2r_prior.nafnet import PRESETS as NAFNET_PRESETS
+from isovol.pipeline.methods.d2r_prior.nafnet import ConditionalNAFNet, NAFNetConfig, build_nafnet
+from isovol.pipeline.methods.d2r_prior.nafnet import count_parameters, estimate_macs
 
 
 def _activate(net: ConditionalNAFNet, seed: int = 0) -> ConditionalNAFNet:

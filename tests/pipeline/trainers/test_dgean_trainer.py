@@ -18,9 +18,9 @@ import torch
 from isovol.pipeline import checkpoints
 from isovol.pipeline.errors import InputError
 from isovol.pipeline.methods import dgean as dgean_method
-from isovol.pipeline.models.dgean import DGEANConfig
+from isovol.pipeline.methods.dgean.network import DGEANConfig
 from isovol.pipeline.trainers import dgean as trainer
-from isovol.pipeline.trainers.dgean import RECIPES, TrainConfig, resolve_recipe, train_dgean
+from isovol.pipeline.methods.dgean.trainer import RECIPES, TrainConfig, resolve_recipe, train_dgean
 from isovol.workflows.demo_data import load_crop
 
 FACTOR = 4

@@ -17,10 +17,10 @@ import torch
 from isovol.pipeline import checkpoints
 from isovol.pipeline.degrade import DIHEDRAL, degrade_rows, undo_dihedral
 from isovol.pipeline.errors import InputError
-from isovol.pipeline.models.irsde import IRSDE
-from isovol.pipeline.models.nafnet import NAFNetConfig, build_nafnet
+from isovol.pipeline.methods.d2r_prior.irsde import IRSDE
+from isovol.pipeline.methods.d2r_prior.nafnet import NAFNetConfig, build_nafnet
 from isovol.pipeline.trainers import prior
-from isovol.pipeline.trainers.prior import (
+from isovol.pipeline.methods.d2r_prior.trainer import (
     RECIPES,
     SDE_DEFAULTS,
     PatchSampler,
@@ -105,14 +105,14 @@ def test_checkpoint_files_and_plain_json_config(trained, aniso):
     raw = {k[len("model."):]: v for k, v in trainer.items() if k.startswith("model.")}
     assert raw.keys() == ema.keys() and any(not torch.equal(raw[k], ema[k]) for k in ema)
     # the saved prior restores held-out patches through the sampler API as Stage II will call it
-    from isovol.pipeline.samplers import sample, seeded_noise
+    from isovol.pipeline.methods.d2r_prior.samplers import sample, seeded_noise
 
     x0 = torch.from_numpy(aniso[-1, :33, 40:73].astype(np.float32) / 255).reshape(1, 1, 33, 33)
     out = sample(IRSDE(**config["sde"]), net.eval(), degrade_rows(x0, FACTOR), noise=seeded_noise(0))
     assert out.shape == x0.shape and bool(torch.isfinite(out).all())
     # and Stage II takes the directory as it is
     from isovol.pipeline.methods import upsample_array
-    from isovol.pipeline.methods.prior import PriorRecovery
+    from isovol.pipeline.methods.d2r_prior.method import PriorRecovery
 
     method = PriorRecovery(prior_dir, factor=FACTOR, tile=16, margin=4, device="cpu")
     assert method.model_hash == result["model_hash"]
@@ -303,7 +303,7 @@ def test_the_time_budget_counts_over_resumed_runs(tmp_path, aniso):
 
 
 def test_an_x0_predicting_prior_keeps_its_parametrisation_to_stage_two(tmp_path, aniso):
-    from isovol.pipeline.methods.prior import PriorRecovery
+    from isovol.pipeline.methods.d2r_prior.method import PriorRecovery
 
     mcfg, sde, tcfg = recipe(steps=3, val_every=3, ckpt_every=3)
     train_prior(aniso, str(tmp_path / "p"), FACTOR, model_config=mcfg, train=tcfg, sde={**sde, "prediction": "x0"},

@@ -121,8 +121,8 @@ def test_directories_that_cannot_resume_are_refused(tmp_path, crop):
 def test_weights_and_config_of_different_checkpoints_are_refused_by_the_loaders(tmp_path, crop):
     """A kill between the two files of a publication (or a training still writing) leaves weights newer than
     the config; the methods refuse to use such a pair instead of labelling one model with another's record."""
-    from isovol.pipeline.methods.dgean import DGEANMethod
-    from isovol.pipeline.methods.prior import PriorRecovery
+    from isovol.pipeline.methods.dgean.method import DGEANMethod
+    from isovol.pipeline.methods.d2r_prior.method import PriorRecovery
 
     model, prior_dir = tmp_path / "model", tmp_path / "prior"
     train_dgean(crop, model)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from isovol.pipeline.trainers.windows import WindowBatch, WindowSampler
+from isovol.pipeline.methods.dgean.windows import WindowBatch, WindowSampler
 
 SHAPE = (40, 48, 64)  # z, y, x; every coordinate < 100
 R, P = 4, 16

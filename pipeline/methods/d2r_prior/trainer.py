@@ -37,14 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from ..checkpoints import WEIGHTS, check_state, file_sha256
-from ..degrade import DIHEDRAL, add_noise, degrade_rows, dihedral, patch_rows, transposes
-from ..errors import InputError
-from . import settings_from_dict
-from .dgean import _lr, data_scale, psnr_batch
-from .recipes import read_recipe_file
-from .state import prefixed, publish, published_step, resume, save_checkpoint
+from ... import __version__
+from ...checkpoints import WEIGHTS, check_state, file_sha256
+from ...degrade import DIHEDRAL, add_noise, degrade_rows, dihedral, patch_rows, transposes
+from ...errors import InputError
+from ...trainers.common import data_scale, lr_at, psnr_batch
+from ...trainers.state import prefixed, publish, published_step, resume, save_checkpoint
 
 KIND = "irsde-prior"
 
@@ -76,26 +74,11 @@ class PriorTrainConfig:
     max_minutes: float | None = None  # wall-clock budget: stop (and checkpoint) when it runs out
     t_max: int | None = None  # train on timesteps 1..t_max only (None: all of 1..T); see validation_set
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PriorTrainConfig:
-        return settings_from_dict(cls, data)
 
 
-#: Named recipes: a NAFNet preset, SDE settings and training settings that go with them.
-RECIPES: dict[str, dict[str, Any]] = {
-    "tiny": {"model": "tiny", "sde": dict(SDE_DEFAULTS),
-             "train": {"steps": 200, "batch": 8, "patch": 33, "lr": 1e-3, "warmup": 20, "ema": 0.99,
-                       "val_every": 50, "val_patches": 8, "val_timesteps": 4, "val_restore": 2,
-                       "ckpt_every": 100}},
-    "default": {"model": "default", "sde": dict(SDE_DEFAULTS),
-                "train": {"steps": 20000, "batch": 16, "patch": 129, "lr": 1e-4, "warmup": 500,
-                          "val_every": 1000, "ckpt_every": 2000}},
-}
-
-
-def _model_config(spec: Any):
+def nafnet_config(spec: Any):
     """A NAFNetConfig from a preset name, a mapping, or a NAFNetConfig."""
-    from ..models.nafnet import NAFNetConfig
+    from .nafnet import NAFNetConfig
 
     try:
         if isinstance(spec, str):
@@ -111,7 +94,7 @@ def _model_config(spec: Any):
 
 def check_sde(sde: dict[str, Any] | None) -> dict[str, Any]:
     """The SDE settings with the published defaults filled in; unknown keys and impossible values refused."""
-    from ..models.irsde import IRSDE
+    from .irsde import IRSDE
 
     if sde is not None and not isinstance(sde, dict):
         raise InputError(f"SDE settings must be a mapping, got {sde!r}")
@@ -119,20 +102,6 @@ def check_sde(sde: dict[str, Any] | None) -> dict[str, Any]:
         return IRSDE.from_dict({**SDE_DEFAULTS, **(sde or {})}).to_dict()
     except (TypeError, ValueError) as exc:
         raise InputError(f"SDE settings: {exc}") from None
-
-
-def resolve_recipe(name_or_path: str) -> tuple[Any, dict[str, Any], PriorTrainConfig]:
-    """A recipe by name (``tiny``, ``default``) or from a JSON/YAML file {"model": ..., "sde": ..., "train": ...}:
-    returns (NAFNetConfig, SDE settings, PriorTrainConfig)."""
-    if name_or_path in RECIPES:
-        spec: dict[str, Any] = copy.deepcopy(RECIPES[name_or_path])
-    else:
-        spec = read_recipe_file(name_or_path, ("model", "sde", "train"), option="--config", names=list(RECIPES))
-    try:
-        train = PriorTrainConfig.from_dict(spec.get("train") or {})
-    except TypeError as exc:
-        raise InputError(f"training settings: {exc}") from None
-    return _model_config(spec.get("model", "default")), check_sde(spec.get("sde")), train
 
 
 def normalization(volume: np.ndarray) -> dict[str, float]:
@@ -245,7 +214,7 @@ def evaluate(sde: Any, net: torch.nn.Module, val: ValidationSet, batch: int, amp
              t_max: int | None = None) -> dict[str, float]:
     """ML loss on the fixed held-out set, and PSNR of a fast-sampler restoration next to that of mu (cubic);
     a prior trained on 1..t_max is restored from min(T / 2, t_max), where it has learnt."""
-    from ..samplers import sample, seeded_noise
+    from .samplers import sample, seeded_noise
 
     net.eval()
     k = val.t.shape[0] // val.x0.shape[0]
@@ -283,8 +252,8 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
     ``finished`` False when it paused at ``deadline`` (a ``time.time()``; checkpointed, a rerun resumes).
     ``max_minutes`` counts training time over all runs of the directory, so a paused and resumed run gets the
     same budget and learning-rate schedule as an uninterrupted one; ``deadline`` changes neither."""
-    from ..models.irsde import IRSDE
-    from ..models.nafnet import build_nafnet
+    from .irsde import IRSDE
+    from .nafnet import build_nafnet
 
     if volume.ndim != 3:
         raise InputError(f"expected a (z, y, x) volume, got shape {tuple(volume.shape)}")
@@ -354,7 +323,7 @@ def train_prior(volume: np.ndarray, prior_dir: str, factor: int, *, model_config
             finished = False
             break
         for g in opt.param_groups:
-            g["lr"] = _lr(step, train, elapsed)  # type: ignore[arg-type]
+            g["lr"] = lr_at(step, train, elapsed)  # type: ignore[arg-type]
         # seeded per step, so a run resumed at any step trains exactly what an uninterrupted one does
         sampler.gen = np.random.default_rng([train.seed, step])
         torch.manual_seed(train.seed * 1_000_003 + step)

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .models.irsde import IRSDE, NoiseNet
+from .irsde import IRSDE, NoiseNet
 
 NoiseFn = Callable[[int, tuple[int, ...]], Tensor]
 

@@ -21,15 +21,13 @@ model's device, so a GPU worker copies each block over once and back once and th
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..checkpoints import CONFIG, WEIGHTS, check_published, check_state, file_sha256, load_json, load_tensors
-from ..errors import InputError
-from .base import Halo, Method, cast_like
-from .cache import shared_model
+from ...errors import InputError
+from ..base import Halo, cast_like
+from ..checkpointed import CheckpointMethod
 
 #: the network halves Y/X four times: it is shift-equivariant for shifts that are multiples of this
 ALIGN = 16
@@ -40,24 +38,15 @@ def _scale(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
-class DGEANMethod(Method):
+class DGEANMethod(CheckpointMethod):
     name = "dgean"
+    KIND = "dgean"
     working_bytes_per_voxel = 16
     z_split_exact = True  # a slice comes from its own 4-slice window; tiles are cut in Y/X only
 
     def __init__(self, model_dir: str, *, device: str | None = None, tile: int | None = None, margin: int = 32,
                  windows_per_batch: int | None = None, precision: str = "auto", memory_fraction: float = 0.5):
-        if not os.path.isdir(model_dir):
-            raise InputError(f"model directory not found: {model_dir}")
-        self.model_dir = os.path.abspath(model_dir)
-        self.spec = load_json(os.path.join(self.model_dir, CONFIG), "model")
-        if self.spec.get("kind") != "dgean" or "model" not in self.spec:
-            raise InputError(f"{model_dir} does not hold a DGEAN model (config.json kind={self.spec.get('kind')!r})")
-        weights = os.path.join(self.model_dir, WEIGHTS)
-        if not os.path.exists(weights):
-            raise InputError(f"{model_dir} has no {WEIGHTS}")
-        check_published(self.model_dir, self.spec, "model")
-        self.model_hash = file_sha256(weights)
+        self._open(model_dir)
         if margin < 0 or margin % ALIGN:
             raise InputError(f"margin must be a non-negative multiple of {ALIGN}, got {margin}")
         if tile is not None and (tile < ALIGN or tile % ALIGN):
@@ -76,14 +65,17 @@ class DGEANMethod(Method):
         # context: the margin, up to 15 px to pull a tile back onto the 16-grid, and up to 15 px to round the
         # tile's size up to a multiple of 16
         self.halo = Halo(z=1, y=margin + 2 * ALIGN, x=margin + 2 * ALIGN)
-        self._model: Any = None
-        self._check_loadable()
+        self._build(meta=True)  # a corrupt or mismatched checkpoint is refused now, on the client
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_model"] = None
+        state = super().__getstate__()
         state["_batch_cap"] = {}
         return state
+
+    def _network(self) -> Any:
+        from .network import build_dgean
+
+        return build_dgean(self.spec["model"])
 
     #: blocks and shards when the user gives none and the model runs on a GPU: 1024 px across (2 x 2 tiles of 512,
     #: so the margins cost 27 %, not the 80 % of one 256-px block), four 64-slice shards deep, so the executor
@@ -97,11 +89,6 @@ class DGEANMethod(Method):
     def preferred_shard_shape(self, block: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
         return self.GPU_SHARD if block == self.GPU_BLOCK else None
 
-    def _device(self) -> str:
-        import torch
-
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
     def _tile(self) -> int:
         return self.tile or (512 if self._device().startswith("cuda") else 128)
 
@@ -111,46 +98,6 @@ class DGEANMethod(Method):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "model_hash": self.model_hash, "tile": self._tile(), "margin": self.margin,
                 "precision": "bf16" if self._amp() else "fp32"}
-
-    def _check_loadable(self) -> None:
-        """Refuse a corrupt or mismatched checkpoint now, on the client, not on every worker (the network is
-        built on the meta device: shapes only, no memory, no initialisation)."""
-        self._build(meta=True)
-
-    def _build(self, meta: bool = False):
-        import torch
-
-        from ..models.dgean import build_dgean
-
-        try:
-            if meta:
-                with torch.device("meta"):
-                    model = build_dgean(self.spec["model"])
-            else:
-                model = build_dgean(self.spec["model"])
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{self.model_dir}: bad model config ({exc})") from None
-        state = load_tensors(os.path.join(self.model_dir, WEIGHTS), "model")
-        check_state(model, state, f"model {self.model_dir}")
-        if not meta:
-            model.load_state_dict(state)
-        return model.eval()
-
-    def _load(self):
-        if file_sha256(os.path.join(self.model_dir, WEIGHTS)) != self.model_hash:
-            raise InputError(f"{self.model_dir}: weights changed since the run started")
-        return self._build().to(self._device())
-
-    @property
-    def model(self):
-        """On a worker with the isovol plugin: the worker's cached copy (loaded once for all blocks and runs);
-        elsewhere: loaded lazily, once per copy of this method."""
-        shared = shared_model(("dgean", self.model_dir, self.model_hash, self._device()), self._load)
-        if shared is not None:
-            return shared
-        if self._model is None:
-            self._model = self._load()
-        return self._model
 
     def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
         h = self.halo
@@ -339,7 +286,7 @@ def window_bytes(model_spec: dict[str, Any], h: int, w: int, n_depths: int) -> i
 
     import torch
 
-    from ..models.dgean import build_dgean
+    from .network import build_dgean
 
     key = (json.dumps(model_spec, sort_keys=True), n_depths)
     if key not in _WINDOW_BYTES_PER_PIXEL:

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from typing import Any
 
 import numpy as np
 
-from ..checkpoints import CONFIG, WEIGHTS, check_published, check_state, file_sha256, load_json, load_tensors
-from ..errors import InputError
-from .base import Halo, Method, cast_like
-from .cache import shared_model
-from .interp import Interpolation
+from ...errors import InputError
+from ..base import Halo, cast_like
+from ..checkpointed import CheckpointMethod
+from ..interp import Interpolation
 
 KIND = "irsde-prior"
 FUSIONS = ("mean", "geometric")
@@ -39,33 +37,25 @@ def tile_seed(seed: int, plane: str, index: int, tz: int, tx: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-class PriorRecovery(Method):
-    name = "d2r-recover"
+class PriorRecovery(CheckpointMethod):
+    name = "d2r-prior"
+    KIND = KIND
+    WHAT = "prior"
     deterministic = False
     working_bytes_per_voxel = 24
 
     def __init__(self, prior_dir: str, *, factor: int | None = None, sampler: str = "fast",
                  steps: int | None = None, t_start: int | None = None, seed: int = 0, tile: int = 128,
                  margin: int = 16, fusion: str = "mean", batch: int = 16, device: str | None = None):
-        if not os.path.isdir(prior_dir):
-            raise InputError(f"prior directory not found: {prior_dir}")
-        self.prior_dir = os.path.abspath(prior_dir)
-        self.spec = load_json(os.path.join(self.prior_dir, CONFIG), "prior")
-        if self.spec.get("kind") != KIND:
-            raise InputError(f"{prior_dir} does not hold a Stage I prior (config.json kind={self.spec.get('kind')!r})")
+        self._open(prior_dir)
         if factor is not None and int(self.spec.get("factor", -1)) != factor:
             raise InputError(f"the prior in {prior_dir} was trained at factor {self.spec.get('factor')}, "
-                             f"not {factor}: train one at this factor with `isovol train-prior`")
-        weights = os.path.join(self.prior_dir, WEIGHTS)
-        if not os.path.exists(weights):
-            raise InputError(f"{prior_dir} has no {WEIGHTS}")
-        check_published(self.prior_dir, self.spec, "prior")
-        self.model_hash = file_sha256(weights)
+                             f"not {factor}: train one at this factor with `isovol train --method d2r-prior`")
         if fusion not in FUSIONS:
             raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if tile < 16 or margin < 0:
             raise InputError(f"tile must be >= 16 and margin >= 0, got {tile}, {margin}")
-        from ..samplers import _resolve  # validates sampler / steps / t_start against the SDE
+        from .samplers import _resolve  # validates sampler / steps / t_start against the SDE
 
         t_start = self._start_within_training(sampler, t_start)
         try:
@@ -76,8 +66,7 @@ class PriorRecovery(Method):
         self.tile, self.margin, self.fusion, self.batch, self.device = tile, margin, fusion, batch, device
         self.factor = int(self.spec["factor"])
         self.halo = Halo(z=1 + math.ceil(margin / self.factor), y=margin, x=margin)
-        self._net: Any = None
-        self._build()  # refuse a corrupt or mismatched prior now, on the client
+        self._build(meta=True)  # refuse a corrupt or mismatched prior now, on the client
 
     def _start_within_training(self, sampler: str, t_start: int | None) -> int | None:
         """A prior trained on t <= t_max only (``train.t_max``) has never seen larger t: a sampler whose default
@@ -87,68 +76,37 @@ class PriorRecovery(Method):
             return t_start
         if t_start is not None:
             if int(t_start) > int(t_max):
-                raise InputError(f"sampler: the prior in {self.prior_dir} trained on t <= {t_max} only; "
+                raise InputError(f"sampler: the prior in {self.model_dir} trained on t <= {t_max} only; "
                                  f"start at t_start <= {t_max}, not {t_start}")
             return t_start
         T = self._sde().T
         return int(t_max) if (T // 2 if sampler == "fast" else T) > int(t_max) else None
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_net"] = None
-        return state
-
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "model_hash": self.model_hash, "sampler": self.sampler, "steps": self.steps,
                 "t_start": self.t_start, "seed": self.seed, "tile": self.tile, "margin": self.margin,
-                "fusion": self.fusion, "precision": "bf16" if self._dev().startswith("cuda") else "fp32"}
-
-    def _dev(self) -> str:
-        import torch
-
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+                "fusion": self.fusion, "precision": "bf16" if self._device().startswith("cuda") else "fp32"}
 
     def _sde(self):
-        from ..models.irsde import IRSDE
+        from .irsde import IRSDE
 
         try:
             return IRSDE.from_dict(self.spec["sde"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{self.prior_dir}: bad SDE settings in config.json ({exc})") from None
+            raise InputError(f"{self.model_dir}: bad SDE settings in config.json ({exc})") from None
 
-    def _build(self):
-        from ..models.nafnet import build_nafnet
+    def _network(self) -> Any:
+        from .nafnet import build_nafnet
 
-        try:
-            net = build_nafnet(self.spec["model"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{self.prior_dir}: bad model config ({exc})") from None
-        state = load_tensors(os.path.join(self.prior_dir, WEIGHTS), "prior")
-        check_state(net, state, f"prior {self.prior_dir}")
-        net.load_state_dict(state)
-        return net.eval()
-
-    def _load(self):
-        return self._build().to(self._dev())
-
-    @property
-    def net(self):
-        """On a worker with the isovol plugin: the worker's cached copy (loaded once for all blocks and runs);
-        elsewhere: loaded lazily, once per copy of this method."""
-        shared = shared_model(("irsde-prior", self.prior_dir, self.model_hash, self._dev()), self._load)
-        if shared is not None:
-            return shared
-        if self._net is None:
-            self._net = self._load()
-        return self._net
+        return build_nafnet(self.spec["model"])
 
     def preferred_block_shape(self, out_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         return recover_block_shape(self.tile, out_shape)
 
     def check_factor(self, factor: int) -> None:
         if factor != self.factor:
-            raise InputError(f"the prior in {self.prior_dir} was trained at factor {self.factor}, not {factor}: "
-                             f"train one at this factor with `isovol train-prior`")
+            raise InputError(f"the prior in {self.model_dir} was trained at factor {self.factor}, not {factor}: "
+                             f"train one at this factor with `isovol train --method d2r-prior`")
 
     def check_input(self, dtype: np.dtype) -> None:
         """A prior trained on one integer range restores garbage on another (uint16 values scaled by 255)."""
@@ -157,7 +115,7 @@ class PriorRecovery(Method):
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
             if float(norm["offset"]) != 0.0 or float(norm["scale"]) != float(info.max):
-                raise InputError(f"the prior in {self.prior_dir} was trained on values {norm['offset']:g}.."
+                raise InputError(f"the prior in {self.model_dir} was trained on values {norm['offset']:g}.."
                                  f"{norm['offset'] + norm['scale']:g}, the input is {dtype} (0..{info.max}): "
                                  f"train a prior on data of this type")
 
@@ -189,7 +147,7 @@ class PriorRecovery(Method):
         is global slice ``first_index + i``; the core's first row is global z ``z0``, first column ``c0``."""
         import torch
 
-        from ..samplers import per_sample_noise, sample
+        from .samplers import per_sample_noise, sample
 
         m, s = self.margin, self.tile
         n, zt, ct = planes.shape[0] - 2 * m, planes.shape[1] - 2 * m, planes.shape[2] - 2 * m
@@ -204,8 +162,8 @@ class PriorRecovery(Method):
                     lz0, lz1 = max(gz, z0) - z0, min(gz + s, z0 + zt) - z0
                     lc0, lc1 = max(gc, c0) - c0, min(gc + s, c0 + ct) - c0
                     jobs.append((i, gz // s, gc // s, lz0, lz1, lc0, lc1))
-        sde = self._sde().to(self._dev())
-        dev = self._dev()
+        sde = self._sde().to(self._device())
+        dev = self._device()
         groups: dict[tuple[int, int], list] = {}
         for job in jobs:
             groups.setdefault((job[4] - job[3], job[6] - job[5]), []).append(job)
@@ -215,7 +173,7 @@ class PriorRecovery(Method):
             seeds = [tile_seed(self.seed, plane, first_index + i, tz, tc) for i, tz, tc, *_ in batch_jobs]
             mu = torch.from_numpy(tiles).unsqueeze(1).to(dev)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda")):
-                x = sample(sde, self.net, mu, self.sampler, self.steps, per_sample_noise(seeds, dev),
+                x = sample(sde, self.model, mu, self.sampler, self.steps, per_sample_noise(seeds, dev),
                            self.t_start)
             x = x.float()[:, 0, m : x.shape[2] - m, m : x.shape[3] - m].cpu().numpy()
             for (i, _, _, lz0, lz1, lc0, lc1), t in zip(batch_jobs, x):

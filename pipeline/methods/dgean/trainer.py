@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from ..checkpoints import WEIGHTS, file_sha256
-from ..errors import InputError
-from ..losses import DGEANLoss, load_lpips
-from ..models.dgean import DGEANConfig, build_dgean, cubic_at_depths
-from . import settings_from_dict
-from .recipes import read_recipe_file
-from .state import publish, published_step, resume, save_checkpoint
+from ... import __version__
+from ...checkpoints import WEIGHTS, file_sha256
+from ...errors import InputError
+from ...losses import DGEANLoss, load_lpips
+from .network import DGEANConfig, build_dgean, cubic_at_depths
+from ...trainers.common import data_scale, lr_at, psnr_batch
+from ...trainers.state import publish, published_step, resume, save_checkpoint
 from .windows import WindowSampler
 
 
@@ -48,54 +47,6 @@ class TrainConfig:
     lpips: str | None = None  # path to LPIPS-AlexNet weights (safetensors); None: the offline filter bank
     max_minutes: float | None = None  # wall-clock budget: stop (and checkpoint) when it runs out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return settings_from_dict(cls, data)
-
-
-#: Named recipes: a model preset and training settings that go with it.
-RECIPES: dict[str, dict[str, Any]] = {
-    "tiny": {"model": "tiny", "train": {"steps": 300, "batch": 4, "patch": 32, "val_every": 100,
-                                       "val_windows": 16, "ckpt_every": 100, "warmup": 20, "lr": 1e-3}},
-    "default": {"model": "default", "train": {"steps": 6000, "batch": 8, "patch": 128, "val_every": 500,
-                                              "val_windows": 64, "ckpt_every": 1000}},
-}
-
-
-def resolve_recipe(name_or_path: str) -> tuple[DGEANConfig, TrainConfig]:
-    """A recipe by name (``tiny``, ``default``) or from a JSON/YAML file {"model": ..., "train": ...}."""
-    if name_or_path in RECIPES:
-        spec: dict[str, Any] = RECIPES[name_or_path]
-    else:
-        spec = read_recipe_file(name_or_path, ("model", "train"), option="--config", names=list(RECIPES))
-    model = spec.get("model", "default")
-    try:
-        mcfg = DGEANConfig.preset(model) if isinstance(model, str) else DGEANConfig.from_dict(model)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"model config: {exc}") from None
-    return mcfg, TrainConfig.from_dict(spec.get("train", {}))
-
-
-def data_scale(dtype: np.dtype) -> float:
-    """Intensity that maps to 1.0 (the networks work on [0, 1])."""
-    dtype = np.dtype(dtype)
-    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
-
-
-def _lr(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to 10 %.  Under a time budget the decay follows whichever runs out
-    first, steps or minutes, so a budgeted run still ends annealed instead of being cut off at a high rate."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    if cfg.max_minutes:
-        t = max(t, elapsed / (60 * cfg.max_minutes))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
-def psnr_batch(pred: torch.Tensor, target: torch.Tensor) -> float:
-    mse = torch.mean((pred.float().clamp(0, 1) - target.float()) ** 2, dim=(-2, -1))
-    return float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
 
 
 @torch.no_grad()
@@ -168,7 +119,7 @@ def train_dgean(volume: np.ndarray, model_dir: str, factor: int, *, isotropic: b
             finished = False
             break
         for g in opt.param_groups:
-            g["lr"] = _lr(step, train, elapsed)
+            g["lr"] = lr_at(step, train, elapsed)
         sampler.gen = np.random.default_rng([train.seed, step])  # per step: a resumed run trains the same
         b = sampler.sample(train.batch)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):

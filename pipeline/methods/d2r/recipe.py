@@ -1,0 +1,48 @@
+"""The D2R recipe: one section per stage.  A section is a mapping of settings, or the name of a preset of the
+method the stage comes from (``prior: cpu-demo`` is d2r-prior's ``cpu-demo``, ``dgean: cpu-demo`` DGEAN's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import InputError
+from ..recipes import check_keys
+from ..d2r_prior.recipe import PriorRecipe, RecoverSettings, parse_recover
+from ..dgean.recipe import DGEANRecipe
+
+SECTIONS = ("prior", "recover", "dgean")
+
+
+@dataclass(frozen=True)
+class D2RRecipe:
+    prior: PriorRecipe
+    recover: RecoverSettings
+    dgean: DGEANRecipe
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prior": self.prior.to_dict(), "recover": self.recover.to_dict(), "dgean": self.dgean.to_dict()}
+
+
+def _section(spec: dict[str, Any], key: str, where: str, book: Any) -> Any:
+    part = spec.get(key)
+    if part is None:
+        raise InputError(f"{where}: section {key!r} is missing")
+    if isinstance(part, str):
+        if part not in book.names():
+            raise InputError(f"{where}: {key}: {part!r} is not a {book.method} recipe ({', '.join(book.names())})")
+        return book.load(part)[1]
+    return book.parse(part, f"{where}: {key}")
+
+
+def parse(spec: dict[str, Any], where: str) -> D2RRecipe:
+    from .. import d2r_prior, dgean
+
+    spec = check_keys(spec, SECTIONS, where)
+    prior = _section(spec, "prior", where, d2r_prior.BOOK)
+    recover = parse_recover(spec.get("recover"), f"{where}: recover")
+    start = recover.start(prior.sde["T"])
+    if prior.train.t_max is not None and start > prior.train.t_max:
+        raise InputError(f"{where}: recover starts at t={start} but the prior trains on t <= {prior.train.t_max} "
+                         f"only; set recover.t_start <= prior.train.t_max")
+    return D2RRecipe(prior, recover, _section(spec, "dgean", where, dgean.BOOK))

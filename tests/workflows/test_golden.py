@@ -1,0 +1,64 @@
+"""Golden outputs recorded before the method-registry refactor (golden.json): a blockwise cubic upsample of the
+bundled crop decimated by 8 must stay byte for byte the same on every machine.  The seeded cpu-tiny D2R run is
+checked in test_train.py on its module's trained model (no second training); this module holds the hashing
+helpers both use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from clirun import read_output, run_isovol, write_input
+
+GOLDEN = json.loads((Path(__file__).with_name("golden.json")).read_text())
+R = 8
+
+
+def level0_sha256(url: str | os.PathLike) -> tuple[str, list[int], str]:
+    """sha256 of the C-order bytes of an output's level 0, with its shape and dtype."""
+    a = np.ascontiguousarray(read_output(url))
+    return hashlib.sha256(a.tobytes()).hexdigest(), list(a.shape), str(a.dtype)
+
+
+def tensors_sha256(path: str | os.PathLike) -> str:
+    """sha256 over a safetensors file's tensors sorted by name, each as ``name\\0dtype\\0shape\\0`` then its raw
+    bytes: the weights, not the file's header layout."""
+    import torch
+    from safetensors.torch import load_file
+
+    h = hashlib.sha256()
+    state = load_file(str(path))
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def torch_golden_skip_reason() -> str | None:
+    """Why the torch-based golden hashes cannot be compared here (None when they can): torch's CPU kernels give
+    different float results on another instruction set or another torch version."""
+    import torch
+
+    here = (torch.__version__, torch.backends.cpu.get_cpu_capability())
+    recorded = (GOLDEN["torch"], GOLDEN["cpu_capability"])
+    if here == recorded:
+        return None
+    return (f"torch golden outputs were recorded with torch {recorded[0]} on CPU capability {recorded[1]}; this "
+            f"machine has torch {here[0]} on {here[1]}, where CPU float results may differ")
+
+
+def test_blockwise_cubic_matches_the_golden_output(tmp_path, crop):
+    """Blocks (48, 80, 96) over a (129, 128, 128) output: partial blocks on every axis, shards of half a block."""
+    golden = GOLDEN["cubic"]
+    src = write_input(tmp_path / "in.ome.zarr", np.ascontiguousarray(crop[::R]), R)
+    out = tmp_path / "cubic.ome.zarr"
+    res = run_isovol("upsample", src, out, "--factor", R, "--method", "cubic", "--block-shape", "48,80,96",
+                     "--shard-shape", "24,40,48", "--workers", 2, "--no-progress")
+    assert res.returncode == 0, res.stderr
+    digest, shape, dtype = level0_sha256(out)
+    assert (shape, dtype) == (golden["shape"], golden["dtype"])
+    assert digest == golden["level0_sha256"], "the cubic output changed since the golden recording"
