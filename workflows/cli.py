@@ -323,6 +323,24 @@ def train_prior_cmd(volume_url: str, prior_dir: str, factor: str, steps: int | N
                f"loss {last['loss']:.5f}; prior {prior_dir} sha256 {result['model_hash'][:12]}", err=True)
 
 
+@cli.command("methods")
+@click.option("--json", "as_json", is_flag=True, help="Print the methods as JSON (one object per method).")
+def methods_cmd(as_json: bool) -> None:
+    """List the methods isovol knows, built-in and from plugins (entry-point group isovol.methods)."""
+    from ..pipeline.methods import registry
+
+    rows = [e.describe() for e in registry.entries().values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        model = "--model DIR" if r["needs_model"] else ""
+        recipes = f"recipes {', '.join(r['recipes'])}" if r["recipes"] else ""
+        click.echo(f"{r['name']:<{width}}  {r['kind']:<16}  {model:<11}  {r['description']}"
+                   + (f" [{recipes}]" if recipes else ""))
+
+
 @cli.command()
 @click.argument("output_url", metavar="OUTPUT")
 @storage_opt

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import InputError
-from ..recipes import check_keys
 from ..d2r_prior.recipe import PriorRecipe, RecoverSettings, parse_recover
 from ..dgean.recipe import DGEANRecipe
+from ..recipes import check_keys
 
 SECTIONS = ("prior", "recover", "dgean")
 

@@ -9,7 +9,6 @@ the last one, a rerun with other settings is refused.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -23,9 +22,9 @@ from ... import __version__
 from ...checkpoints import WEIGHTS, file_sha256
 from ...errors import InputError
 from ...losses import DGEANLoss, load_lpips
-from .network import DGEANConfig, build_dgean, cubic_at_depths
 from ...trainers.common import data_scale, lr_at, psnr_batch
 from ...trainers.state import publish, published_step, resume, save_checkpoint
+from .network import DGEANConfig, build_dgean, cubic_at_depths
 from .windows import WindowSampler
 
 
