@@ -19,6 +19,7 @@ import yaml
 from clirun import ISOVOL, error_line, tree
 from clirun import ONE_THREAD as ENV
 from clirun import run_isovol as run
+from test_golden import GOLDEN, level0_sha256, tensors_sha256, torch_golden_skip_reason
 
 from isovol.pipeline.io.omezarr import write_image
 from isovol.workflows.train import default_region
@@ -47,7 +48,16 @@ def trained(tmp_path_factory, source) -> tuple[str, subprocess.CompletedProcess]
     return model, res
 
 
-def test_train_produces_a_model_that_upsample_accepts(trained, source, tmp_path):
+@pytest.fixture(scope="module")
+def upsampled(tmp_path_factory, trained, source) -> tuple[str, subprocess.CompletedProcess]:
+    """The trained model's `isovol upsample --method dgean` of its own input, run once for the module."""
+    out = str(tmp_path_factory.mktemp("dgean") / "up.ome.zarr")
+    res = run("upsample", source, out, "--factor", R, "--method", "dgean", "--model", trained[0], "--workers", 1,
+              "--no-progress")
+    return out, res
+
+
+def test_train_produces_a_model_that_upsample_accepts(trained, upsampled):
     model, res = trained
     assert "no --region given: training on the whole of" in res.stderr
     assert summary(res.stderr).startswith("isovol: train: prior ran")
@@ -59,10 +69,29 @@ def test_train_produces_a_model_that_upsample_accepts(trained, source, tmp_path)
     assert state["recipe"] == "cpu-tiny" and state["region"] == [[0, 17], [0, 128], [0, 128]]
     assert all(state["stages"][s]["done"] and state["stages"][s]["seconds"] > 0 for s in ("prior", "recover", "dgean"))
     assert len({state["stages"][s]["hash"] for s in ("prior", "recover", "dgean")}) == 3
-    out = tmp_path / "up.ome.zarr"
-    up = run("upsample", source, out, "--factor", R, "--method", "dgean", "--model", model, "--workers", 1,
-             "--no-progress")
+    up = upsampled[1]
     assert up.returncode == 0, up.stderr
+
+
+def test_seeded_cpu_tiny_run_matches_the_golden_outputs(trained, upsampled):
+    """`train --recipe cpu-tiny` is seeded per step: on the recording's torch version and CPU capability, each
+    stage's output and the upsampled volume are the bytes recorded before the method-registry refactor."""
+    reason = torch_golden_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    golden = GOLDEN["d2r_cpu_tiny"]
+    model = trained[0]
+    out, up = upsampled
+    assert up.returncode == 0, up.stderr
+    assert tensors_sha256(os.path.join(model, "prior", "model.safetensors")) == golden["prior_tensors_sha256"], \
+        "Stage I (prior) changed"
+    assert level0_sha256(os.path.join(model, "pseudo.ome.zarr"))[0] == golden["pseudo_level0_sha256"], \
+        "Stage II (pseudo-isotropic volume) changed"
+    assert tensors_sha256(os.path.join(model, "model.safetensors")) == golden["model_tensors_sha256"], \
+        "Stage III (DGEAN model) changed"
+    digest, shape, dtype = level0_sha256(out)
+    assert (shape, dtype) == (golden["shape"], golden["dtype"])
+    assert digest == golden["dgean_level0_sha256"], "the dgean upsample of the unchanged model changed"
 
 
 def test_rerun_skips_every_stage(trained, source):
