@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from isovol.pipeline.methods.interp import Interpolation
-from isovol.workflows.evaluate import (
+from isovol.workflows.measures import (
     BOUNDARY_PERCENTILE,
     BOUNDARY_SIGMA,
     boundary_f1,

@@ -22,7 +22,7 @@ import yaml
 from ..pipeline.errors import InputError
 from .local import cluster_client, quiet_dask_logs
 
-log = logging.getLogger("isovol")
+log = logging.getLogger(__name__)
 
 KINDS = ("local", "local-gpu", "slurm", "pbs", "kubernetes")
 CONFIG_DIR = Path(__file__).resolve().parent

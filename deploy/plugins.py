@@ -23,7 +23,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..pipeline.methods import cache
 
-log = logging.getLogger("isovol")
+log = logging.getLogger(__name__)
 
 NAME = "isovol-models"
 #: the prefix of the executor's block task keys (workflows/executor.py)

@@ -22,7 +22,7 @@ from ..pipeline.io.omezarr import write_image
 from .demo_data import ATTRIBUTION, load_crop
 from .evaluate import EvaluateRequest, evaluate
 
-log = logging.getLogger("isovol")
+log = logging.getLogger(__name__)
 CLASSICAL = ("nearest", "linear", "cubic")
 DEMO_RECIPE = "cpu-demo"
 

@@ -26,7 +26,7 @@ from ..pipeline.io.readers import Volume
 from ..pipeline.methods.base import Method
 from .bookkeeping import Bookkeeper
 
-log = logging.getLogger("isovol")
+log = logging.getLogger(__name__)
 
 _TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "requesttimeout", "serviceunavailable", "internalerror",
                     "connection", "timed out", "timeout", "temporarily", "503", "500 ")

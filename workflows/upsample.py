@@ -21,7 +21,7 @@ from ..pipeline.methods import Method, get_method
 from .bookkeeping import META_DIR, RUN_RECORD, Bookkeeper, marker_tag, run_hash
 from .executor import BlockContext, Summary, execute
 
-log = logging.getLogger("isovol")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +51,7 @@ class UpsampleRequest:
     block_timeout: float | None = None
     progress: bool = True
     command: str = ""
+    need_voxel_size: bool = True  # False for `isovol plan`, which says "unknown" instead of refusing
 
     @property
     def out_options(self) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         vol = RegionVolume(vol, parse_region(req.region, vol.shape))
     if vol.shape[0] < 2:
         raise InputError(f"{strip_url(req.input)} has {vol.shape[0]} Z slice(s); at least 2 are needed")
-    if vol.voxel_size is None:
+    if vol.voxel_size is None and req.need_voxel_size:
         raise InputError(f"{strip_url(req.input)} carries no voxel size; pass --voxel-size Z,Y,X (nm)")
     method.check_input(vol.dtype)
     block_shape = req.block_shape or method.preferred_block_shape(output_shape(vol.shape, factor))

@@ -15,14 +15,8 @@ from scipy import ndimage
 
 from isovol.pipeline.io.omezarr import open_level0, write_image
 from isovol.pipeline.metrics import PSNR_CAP
-from isovol.workflows.evaluate import (
-    SLICEFID_SKIP,
-    boundary_f1,
-    detect_boundaries,
-    label_boundaries,
-    parse_methods,
-    score,
-)
+from isovol.workflows.evaluate import SLICEFID_SKIP, parse_methods
+from isovol.workflows.measures import boundary_f1, detect_boundaries, label_boundaries, score
 
 FACTOR = 8
 PLANES = ("XY", "XZ", "YZ")
@@ -205,7 +199,7 @@ def test_bad_input_through_the_installed_command(tmp_path):
 
 
 def test_ortho_views_keep_only_the_figure_planes(crop):
-    from isovol.workflows.evaluate import OrthoViews
+    from isovol.workflows.measures import OrthoViews
 
     vol = crop[:33, :48, :40]
     v = OrthoViews(vol, 12)

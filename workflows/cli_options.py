@@ -1,0 +1,123 @@
+"""Options and parameter types every ``isovol`` command shares, defined once so each is validated and described
+the same way everywhere."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import yaml
+
+from ..pipeline.errors import InputError
+from ..pipeline.geometry import check_factor
+from ..pipeline.io.urls import strip_url
+
+
+class FactorType(click.ParamType):
+    """The Z factor: an integer >= 2 (one validation and one message for every command)."""
+
+    name = "factor"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return check_factor(value)
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+FACTOR = FactorType()
+
+
+def command_line() -> str:
+    """The command as typed, with --storage-options values hidden (they may hold credentials)."""
+    args, out, hide = sys.argv[1:], ["isovol"], False
+    for a in args:
+        if hide:
+            out.append("'***'")
+            hide = False
+            continue
+        if a.startswith("--storage-options") or a.startswith("--output-storage-options"):
+            if "=" in a:
+                out.append(a.split("=", 1)[0] + "='***'")
+            else:
+                out.append(a)
+                hide = True
+            continue
+        out.append(shlex.quote(strip_url(a) if "://" in a else a))
+    return " ".join(out)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def parse_method_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs (VALUE read as YAML: 5, 0.5, true, null, fast) as keyword options."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--option must be KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def factor_opt(help_text: str = "Z upsampling factor (integer >= 2).", required: bool = True) -> Callable:
+    return click.option("--factor", "-r", type=FACTOR, required=required, default=None, help=help_text)
+
+
+storage_opt = click.option("--storage-options", "storage_options", default=None, metavar="JSON",
+                           help="fsspec storage options for the input (and the output unless "
+                                "--output-storage-options is given), e.g. '{\"anon\": true}'.")
+output_storage_opt = click.option("--storage-options", "storage_options", default=None, metavar="JSON",
+                                  help="fsspec storage options for OUTPUT (credentials, endpoint).")
+voxel_opt = click.option("--voxel-size", default=None, metavar="Z,Y,X",
+                         help="Input voxel size in nm; overrides what the file says.")
+block_opt = click.option("--block-shape", default=None, metavar="Z,Y,X",
+                         help="Output voxels per task; a whole multiple of the shard shape [default: the shard].")
+shard_opt = click.option("--shard-shape", default=None, metavar="Z,Y,X",
+                         help="Output shard shape [default: the block shape, else 256,256,256].")
+chunk_opt = click.option("--chunk-shape", default=None, metavar="Z,Y,X",
+                         help="Inner chunk shape of each shard [default: 64,64,64].")
+device_opt = click.option("--device", default=None,
+                          help="torch device of the training done here [default: cuda if available, else cpu].")
+progress_opt = click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+
+
+def cluster_opts(func: Callable) -> Callable:
+    """Where blocks run, for every command that runs blocks: --workers, --scheduler, --cluster, --cluster-config,
+    --retries, --block-timeout."""
+    options = [
+        click.option("--workers", type=int, default=None,
+                     help="Workers of the embedded cluster [default: cores; the cluster config's for others]."),
+        click.option("--scheduler", default=None, metavar="ADDRESS", help="Join an existing dask cluster instead."),
+        click.option("--cluster", type=click.Choice(["local", "local-gpu", "slurm", "pbs", "kubernetes"]),
+                     default="local", show_default=True,
+                     help="Where the blocks run; settings in deploy/<cluster>.yaml (see deploy/README.md)."),
+        click.option("--cluster-config", "cluster_config", default=None, metavar="FILE",
+                     type=click.Path(exists=True, dir_okay=False),
+                     help="YAML overriding keys of the cluster's default config."),
+        click.option("--retries", type=int, default=2, show_default=True,
+                     help="Retries of a block after a transient error."),
+        click.option("--block-timeout", type=float, default=None, metavar="SECONDS",
+                     help="Retry a block not finished this long after submission (it may wait behind one other "
+                          "block per worker thread, so allow about twice a block's run time)."),
+    ]
+    for opt in reversed(options):
+        func = opt(func)
+    return func
+
+
+def method_opt(default: str | None, help_text: str) -> Callable:
+    return click.option("--method", default=default, show_default=default is not None, metavar="NAME",
+                        help=f"{help_text} `isovol methods` lists them.")
