@@ -1,40 +1,30 @@
 """Run record and per-block done markers, kept beside the image in ``OUTPUT/.isovol/``.
 
 A marker is written only after its block's shards are durable, so "marked done" always means "on disk".
-The run record holds a hash of everything that determines the result (layout, factor, method, model,
-config); a resumed run must match it exactly or it is refused, so results of two configurations are never
+The run record (:class:`~isovol.pipeline.io.runrecord.RunRecord`) holds the run's identity, the digest of
+everything that determines the result (layout, factor, method, model, config); whether a resumed run may keep
+what is there is decided by :func:`isovol.pipeline.identity.decide`, so results of two configurations are never
 mixed in one output.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import posixpath
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..pipeline import identity
 from ..pipeline.errors import OutputError, ResumeError, StaleRunError
 from ..pipeline.io.atomic import atomic_write
-from ..pipeline.io.readers import META_DIR, RUN_RECORD
+from ..pipeline.io.runrecord import META_DIR, RUN_RECORD, DamagedRecord, RunRecord, RunState
 from ..pipeline.io.urls import describe_error, filesystem, is_local, strip_url
 
+log = logging.getLogger(__name__)
+
 DONE_DIR = "done"
-
-
-def run_hash(components: dict[str, Any]) -> str:
-    blob = json.dumps(components, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def marker_tag(record: dict[str, Any]) -> str:
-    """What a done marker must carry to count in the output ``record`` describes: the run hash and the output's
-    generation (made anew each time the output is created).  A block of an earlier generation of the same run --
-    say a task still running on an external cluster when its client was killed and the output overwritten --
-    may mark itself done after its shards were deleted; its marker then does not count."""
-    generation = record.get("generation")
-    return f"{record['hash']}:{generation}" if generation else record["hash"]  # outputs made before generations
 
 
 def _atomic_put(fs: Any, path: str, data: bytes, local: bool) -> None:
@@ -76,42 +66,46 @@ class Bookkeeper:
         return is_local(self.url)
 
     # -- run record --------------------------------------------------------------------------------
-    def read_record(self, damaged_ok: bool = False) -> dict[str, Any] | None:
-        """The run record, None when there is none; a damaged one is an error, or ``{}`` with ``damaged_ok``."""
+    def read_record(self, damaged_ok: bool = False) -> RunRecord | None:
+        """The run record, None when there is none; a damaged one is an error, or with ``damaged_ok``
+        :meth:`RunRecord.unreadable` (for callers that clear the output or only ask whether it is current)."""
         path = posixpath.join(self.root, RUN_RECORD)
         try:
-            return json.loads(self.fs.cat_file(path))
+            text = self.fs.cat_file(path)
         except FileNotFoundError:
             return None
-        except json.JSONDecodeError:
-            if damaged_ok:
-                return {}
-            raise OutputError(f"{strip_url(self.url)}: the run record is damaged; rerun with --overwrite") from None
         except Exception as exc:  # storage errors (credentials, missing bucket): one clear line, not a traceback
             raise OutputError(f"cannot read {strip_url(self.url)}: {describe_error(exc)}") from None
+        try:
+            return RunRecord.from_json(text)
+        except DamagedRecord as exc:
+            if damaged_ok:
+                return RunRecord.unreadable()
+            log.debug("damaged run record in %s: %s", strip_url(self.url), exc)
+            raise OutputError(f"{strip_url(self.url)}: the run record is damaged; rerun with --overwrite") from None
 
-    def write_record(self, record: dict[str, Any]) -> None:
-        _atomic_put(self.fs, posixpath.join(self.root, RUN_RECORD),
-                    json.dumps(record, indent=1, sort_keys=True).encode(), self.local)
+    def write_record(self, record: RunRecord) -> None:
+        _atomic_put(self.fs, posixpath.join(self.root, RUN_RECORD), record.to_json().encode(), self.local)
 
     def check_current(self, tag: str) -> None:
         """Refuse to write for a run that is no longer the output's: the output was deleted or replaced (another
         generation) while this task ran, e.g. a task left running on an external cluster by a killed client."""
         record = self.read_record(damaged_ok=True)
-        if record is None or "hash" not in record or marker_tag(record) != tag:
+        if record is None or not record.readable or record.tag != tag:
             raise StaleRunError(f"{strip_url(self.url)} was deleted or replaced by another run; a block of the "
                                 f"earlier run stops before writing")
 
-    def check_resume(self, components: dict[str, Any]) -> dict[str, Any]:
-        """The recorded run, if it matches ``components``; otherwise a ResumeError naming what changed."""
+    def check_resume(self, components: dict[str, Any]) -> RunRecord:
+        """The recorded run, if it has the identity of ``components``; otherwise a ResumeError naming exactly
+        the settings that differ."""
         record = self.read_record()
         if record is None:
             raise ResumeError(f"{strip_url(self.url)} exists but has no isovol run record; "
                               "use --overwrite to replace it")
-        if record.get("hash") != run_hash(components):
-            old = record.get("components", {})
-            detail = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in _changes(old, components))
-            reason = f"the run differs from the recorded one ({detail or 'hash mismatch'})"
+        decision = identity.decide(record.hash, record.components, record.state is RunState.COMPLETE,
+                                   identity.digest(components), components)
+        if decision.verdict is identity.Verdict.REFUSE:
+            reason = f"the run differs from the recorded one ({decision.reason})"
             raise ResumeError(f"cannot resume {strip_url(self.url)}: {reason}; use --overwrite to start over", reason)
         return record
 
@@ -158,26 +152,6 @@ class Bookkeeper:
             raise OutputError(f"cannot write to {strip_url(self.url)}: {describe_error(exc)}") from None
 
 
-def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old, new) of every difference; nested mappings are compared key by key, so a long
-    component (e.g. the method config) names the setting that changed instead of two truncated dumps."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changes(a, b, f"{prefix}{k}.")
-        else:
-            out.append((f"{prefix}{k}", a, b))
-    return out
-
-
-def _short(v: Any) -> str:
-    text = json.dumps(v, sort_keys=True, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Progress of a run, read from its record and markers alone (no cluster)."""
     keeper = Bookkeeper(url, dict(storage_options or {}))
@@ -187,9 +161,9 @@ def status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str,
         if not fs.exists(path):
             raise OutputError(f"output not found: {strip_url(url)}")
         raise OutputError(f"{strip_url(url)} has no isovol run record")
-    done = keeper.done_keys(marker_tag(record)) if "hash" in record else set()
-    total = int(record.get("tasks", 0))
-    return {"output": strip_url(url), "state": record.get("state", "unknown"), "tasks": total,
-            "done": len(done), "remaining": max(total - len(done), 0),
-            "method": record.get("components", {}).get("method", {}).get("name"),
-            "factor": record.get("components", {}).get("factor"), "hash": record.get("hash")}
+    done = keeper.done_keys(record.tag) if record.readable else set()
+    method = record.components.get("method")
+    return {"output": strip_url(url), "state": record.state.value if record.state else "unknown",
+            "tasks": record.tasks, "done": len(done), "remaining": max(record.tasks - len(done), 0),
+            "method": method.get("name") if isinstance(method, dict) else None,
+            "factor": record.components.get("factor"), "hash": record.hash or None}

@@ -14,6 +14,7 @@ from ..pipeline.blocks import parse_shape
 from ..pipeline.errors import IsovolError
 from ..pipeline.io.readers import parse_voxel_size
 from ..pipeline.io.urls import parse_storage_options, strip_url
+from ..pipeline.methods.registry import REFERENCE
 from .cli_options import (
     block_opt,
     chunk_opt,
@@ -48,7 +49,7 @@ def cli(quiet: bool) -> None:
 @click.argument("input_url", metavar="INPUT")
 @click.argument("output_url", metavar="OUTPUT")
 @factor_opt()
-@method_opt("cubic", "Method to upsample with;")
+@method_opt(REFERENCE, "Method to upsample with;")
 @click.option("--model", "model_dir", default=None, metavar="DIR", help="Model directory of a learned method.")
 @click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE",
               help="A setting of the method, repeatable (e.g. tile=256 for dgean; sampler=fast, steps=5 for "
@@ -100,7 +101,7 @@ def _voxel_text(voxel: Any) -> str:
 @cli.command()
 @click.argument("input_url", metavar="INPUT")
 @factor_opt()
-@method_opt("cubic", "Method whose halo and memory the plan uses;")
+@method_opt(REFERENCE, "Method whose halo and memory the plan uses;")
 @click.option("--model", "model_dir", default=None, metavar="DIR", help="Model directory of a learned method.")
 @click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE", help="A setting of the method.")
 @block_opt

@@ -10,6 +10,7 @@ import click
 from ..pipeline.blocks import parse_shape
 from ..pipeline.io.readers import parse_voxel_size
 from ..pipeline.io.urls import parse_storage_options
+from ..pipeline.methods.registry import DEFAULT_TRAINED
 from .cli import cli
 from .cli_options import block_opt, cluster_opts, device_opt, factor_opt, progress_opt, storage_opt, voxel_opt
 
@@ -18,7 +19,7 @@ from .cli_options import block_opt, cluster_opts, device_opt, factor_opt, progre
 @click.argument("input_url", metavar="INPUT")
 @click.argument("model_dir", metavar="MODEL_DIR")
 @factor_opt("Z factor of INPUT (integer >= 2): the factor the model is trained for.")
-@click.option("--method", default="d2r", show_default=True, metavar="NAME",
+@click.option("--method", default=DEFAULT_TRAINED, show_default=True, metavar="NAME",
               help="Learned method to train (`isovol methods` lists them and their recipes).")
 @click.option("--recipe", default="gpu-default", show_default=True, metavar="PRESET|FILE",
               help="A preset of the method (cpu-tiny, cpu-demo, gpu-default) or a YAML file overriding its fields "
@@ -61,7 +62,7 @@ def demo(out_dir: str, factor: int, workers: int, recipe: str, device: str | Non
     crop: PSNR/SSIM/FSC against the original, a report and figures in --out."""
     from .demo import run_demo
 
-    run_demo(out_dir, factor=factor, workers=workers, recipe=recipe, device=device)
+    run_demo(out_dir, factor=factor, workers=workers, recipe=recipe, device=device, echo=click.echo)
 
 
 @cli.command()
@@ -104,6 +105,10 @@ def evaluate(gt_url: str, factor: int, methods: tuple[str, ...], self_supervised
                           retries=retries, block_timeout=block_timeout,
                           block_shape=parse_shape(block_shape, "--block-shape"), progress=not no_progress)
     result = run(req)
+    if inception is None:
+        from .evaluate import SLICEFID_SKIP
+
+        click.echo(SLICEFID_SKIP)
     fid = any(r.get("slicefid") for r in result["metrics"].values())
     click.echo(f"{'method':<24}{'PSNR XY':>9}{'XZ':>8}{'YZ':>8}{'gain XY':>9}{'FSC nm':>8}"
                + (f"{'SliceFID':>10}" if fid else ""))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..pipeline.io.omezarr import write_image
@@ -23,36 +24,43 @@ from .demo_data import ATTRIBUTION, load_crop
 from .evaluate import EvaluateRequest, evaluate
 
 log = logging.getLogger(__name__)
-CLASSICAL = ("nearest", "linear", "cubic")
 DEMO_RECIPE = "cpu-demo"
 
 
+def _classical() -> list[str]:
+    from ..pipeline.methods import Kind, registry
+
+    return [e.name for e in registry.entries().values() if e.kind is Kind.CLASSICAL]
+
+
 def run_demo(out_dir: str, factor: int = 8, workers: int = 2, recipe: str = DEMO_RECIPE,
-             block_shape: tuple[int, int, int] = (32, 64, 64), device: str | None = None) -> dict[str, Any]:
-    """Score the classical methods and D2R on the bundled crop; print the table, leave the report in out_dir."""
+             block_shape: tuple[int, int, int] = (32, 64, 64), device: str | None = None,
+             echo: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Score the classical methods and D2R on the bundled crop; tell ``echo`` the table (the CLI prints it), leave
+    the report in out_dir."""
     t0 = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     truth, voxel = load_crop()
     gt_url = os.path.join(out_dir, "ground-truth.ome.zarr")
     write_image(gt_url, truth, voxel, attributes={"source": ATTRIBUTION, "note": "the bundled crop (isovol demo)"})
-    print(f"isovol demo: real FIB-SEM crop {truth.shape} at {voxel[0]:g} nm ({ATTRIBUTION}); every {factor}th "
+    echo(f"isovol demo: real FIB-SEM crop {truth.shape} at {voxel[0]:g} nm ({ATTRIBUTION}); every {factor}th "
           f"slice kept, D2R trained on those {(truth.shape[0] - 1) // factor + 1} slices only (recipe {recipe}), "
-          f"then each method upsamples them back {factor}x", flush=True)
-    req = EvaluateRequest(ground_truth=gt_url, factor=factor, out=out_dir, methods=[*CLASSICAL, f"d2r:{recipe}"],
+          f"then each method upsamples them back {factor}x")
+    req = EvaluateRequest(ground_truth=gt_url, factor=factor, out=out_dir, methods=[*_classical(), f"d2r:{recipe}"],
                           workers=workers, block_shape=block_shape, device=device, progress=False)
     result = evaluate(req)
     metrics = result["metrics"]
-    print(f"\n{'method':<16}{'PSNR XY':>9}{'XZ':>7}{'YZ':>7}{'SSIM XY':>9}{'FSC-0.5':>9}{'vs cubic':>10}{'time':>8}")
+    echo(f"\n{'method':<16}{'PSNR XY':>9}{'XZ':>7}{'YZ':>7}{'SSIM XY':>9}{'FSC-0.5':>9}{'vs cubic':>10}{'time':>8}")
     for key, r in metrics.items():
         spent = r["seconds"] + (r.get("train") or {}).get("total_s", 0.0)
-        print(f"{key:<16}{r['XY']['psnr']:>9.2f}{r['XZ']['psnr']:>7.2f}{r['YZ']['psnr']:>7.2f}{r['XY']['ssim']:>9.3f}"
+        echo(f"{key:<16}{r['XY']['psnr']:>9.2f}{r['XZ']['psnr']:>7.2f}{r['YZ']['psnr']:>7.2f}{r['XY']['ssim']:>9.3f}"
               f"{r['fsc05_nm']:>6.0f} nm{r['gain_over_cubic_db']['XY']:>+7.2f} dB{spent:>7.0f}s")
     d2r = next((r for k, r in metrics.items() if k.startswith("d2r")), None)
     if d2r is not None:
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in d2r["train"]["stages_s"].items())
-        print(f"\nPSNR in dB, XY over the synthesised slices only; D2R trained on the decimated crop alone: "
+        echo(f"\nPSNR in dB, XY over the synthesised slices only; D2R trained on the decimated crop alone: "
               f"{stages}. A toy-scale model (0.1 M + 0.14 M parameters, minutes of CPU); the published sizes "
               f"train with --recipe gpu-default on a GPU (BENCHMARKS.md).")
-    print(f"outputs in {out_dir}/: report.md, metrics.json, comparison.png, fsc.png, work/ (an OME-Zarr per "
+    echo(f"outputs in {out_dir}/: report.md, metrics.json, comparison.png, fsc.png, work/ (an OME-Zarr per "
           f"method), models/ (the trained D2R); {time.perf_counter() - t0:.0f} s in all")
     return metrics

@@ -203,7 +203,7 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     for row in metrics.values():
         row["gain_over_cubic_db"] = {p: row[p]["psnr"] - ref[p]["psnr"] for p in PLANES}
     if slicefid is None:
-        print(SLICEFID_SKIP)
+        log.info(SLICEFID_SKIP)
 
     # every file atomically, metrics.json last: a kill at any point leaves no metrics.json, never a torn one
     atomic_write(os.path.join(req.out, "fsc.json"),

@@ -12,11 +12,11 @@ from typing import Any
 from ..pipeline.checkpoints import load_json
 from ..pipeline.errors import InputError
 from ..pipeline.methods import registry
+from ..pipeline.methods.registry import REFERENCE
 from ..pipeline.methods.training import ANISOTROPIC
 
 log = logging.getLogger(__name__)
 
-REFERENCE = "cubic"
 DEFAULT_RECIPE = "gpu-default"
 
 

@@ -87,18 +87,17 @@ def write_report(path: str, metrics: dict[str, Any], info: dict[str, Any]) -> No
     ]
     trained = {k: r["train"] for k, r in metrics.items() if r.get("train")}
     if trained:
-        stages = {"prior": "Stage I prior s", "recover": "Stage II recovery s", "dgean": "Stage III DGEAN s"}
+        stages = list(dict.fromkeys(st for tr in trained.values() for st in tr["stages_s"]))  # in stage order
         lines += [
             "## Training (self-supervised)",
             "",
             "The methods below were trained here, **on the decimated input only** (every "
-            f"{r}th slice of the ground truth, as a user would have it), never on the ground truth. `d2r` runs "
-            "`isovol train` (Stage I lateral prior, Stage II lateral recovery, Stage III DGEAN); `naive-lateral` "
-            "trains the same Stage III network on the decimated stack's own Y/X sequences, without Stage I-II. "
-            "Models are cached under `models/` and a rerun resumes them. Wall time per stage in seconds, summed "
-            "over runs; `upsample` is the executor run that produced the scored volume.",
+            f"{r}th slice of the ground truth, as a user would have it), never on the ground truth, each by "
+            "`isovol train --method NAME --recipe RECIPE` (`isovol methods` describes them). Models are cached "
+            "under `models/` and a rerun resumes them. Wall time per training stage in seconds, summed over runs; "
+            "`upsample` is the executor run that produced the scored volume.",
             "",
-            "| method | recipe | " + " | ".join(stages.values()) + " | training total s | upsample s |",
+            "| method | recipe | " + " | ".join(f"{st} s" for st in stages) + " | training total s | upsample s |",
             "|---|---|" + "---|" * len(stages) + "---|---|",
             *(f"| `{k}` | {t['recipe']} | " + " | ".join(f"{t['stages_s'][st]:.1f}" if st in t["stages_s"] else "–"
                                                       for st in stages)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 STATE = "train.json"
 PUBLISHED = (WEIGHTS, CONFIG)  # weights first, config last
-DEFAULT_METHOD = "d2r"
+DEFAULT_METHOD = registry.DEFAULT_TRAINED
 
 
 def recipe_names(method: str = DEFAULT_METHOD) -> list[str]:

@@ -14,11 +14,14 @@ from ..pipeline import __version__
 from ..pipeline.blocks import BlockPlan, Shape3
 from ..pipeline.errors import InputError, OutputError
 from ..pipeline.geometry import CONVENTION, check_factor, output_shape, output_voxel_size, parse_region
+from ..pipeline.identity import digest as identity_digest
 from ..pipeline.io.omezarr import create_image, remove_partials
 from ..pipeline.io.readers import RegionVolume, Vec3, Volume, open_volume
+from ..pipeline.io.runrecord import META_DIR, RUN_RECORD, RunRecord, RunState
 from ..pipeline.io.urls import describe_error, filesystem, strip_url
 from ..pipeline.methods import Method, get_method
-from .bookkeeping import META_DIR, RUN_RECORD, Bookkeeper, marker_tag, run_hash
+from ..pipeline.methods.registry import REFERENCE
+from .bookkeeping import Bookkeeper
 from .executor import BlockContext, Summary, execute
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,7 @@ class UpsampleRequest:
     input: str
     output: str
     factor: Any
-    method: str = "cubic"
+    method: str = REFERENCE
     model: str | None = None
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. tile / device of a learned method
     region: str | None = None  # Z0:Z1,Y0:Y1,X0:X1 of the input, in input voxels
@@ -110,18 +113,19 @@ def _output_state(req: UpsampleRequest) -> tuple[Any, str, bool]:
         raise OutputError(f"cannot access {strip_url(req.output)}: {describe_error(exc)}") from None
 
 
-#: run-record states of an output that an interrupted run left half made: nothing in it is worth keeping
-UNFINISHED = {"creating": "created", "deleting": "deleted"}
+#: run-record states of an output that an interrupted run left half made (nothing in it is worth keeping), and
+#: what it was left half
+UNFINISHED = {RunState.CREATING: "created", RunState.DELETING: "deleted"}
 
 
-def _leftover(fs: Any, path: str, keeper: Bookkeeper) -> str | None:
-    """The state ("creating" or "deleting") of an output an interrupted run left half made, else None."""
+def _leftover(fs: Any, path: str, keeper: Bookkeeper) -> RunState | None:
+    """The state (creating or deleting) of an output an interrupted run left half made, else None."""
     if not fs.isdir(path):
         return None
     record = keeper.read_record(damaged_ok=True)
     if record is not None:
-        return record.get("state") if record.get("state") in UNFINISHED else None
-    return "creating" if _bare_bookkeeping(fs, path) else None
+        return record.state if record.state in UNFINISHED else None
+    return RunState.CREATING if _bare_bookkeeping(fs, path) else None
 
 
 def _bare_bookkeeping(fs: Any, path: str) -> bool:
@@ -140,8 +144,8 @@ def _remove_output(fs: Any, path: str, url: str, keeper: Bookkeeper) -> None:
     record = keeper.read_record(damaged_ok=True) if is_dir else None
     if not is_dir or (record is None and fs.ls(path) and not _bare_bookkeeping(fs, path)):  # the user's
         raise OutputError(f"{strip_url(url)} exists and is not an isovol output; refusing to overwrite it")
-    if record is not None and record.get("state") != "deleting":
-        keeper.write_record({**record, "state": "deleting"})
+    if record is not None and record.state is not RunState.DELETING:
+        keeper.write_record(record.with_state(RunState.DELETING))
     meta = posixpath.join(path, META_DIR)
     for p in fs.ls(path, detail=False):
         if posixpath.basename(p.rstrip("/")) != META_DIR:
@@ -159,7 +163,7 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
         check_cluster(req.cluster, req.cluster_config, req.scheduler)  # a bad cluster config fails before any write
     vol, method, plan = prepare(req)
     components = run_components(vol, method, plan)
-    digest = run_hash(components)
+    digest = identity_digest(components)
     keeper = Bookkeeper(req.output, dict(req.out_options))
     fs, path, exists = _output_state(req)
     unfinished = _leftover(fs, path, keeper) if exists else None
@@ -181,20 +185,20 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
         if exists:
             _remove_output(fs, path, req.output, keeper)
         record = _create(req, vol, method, plan, components, digest, keeper)
-    tag = marker_tag(record)
+    tag = record.tag
     done = keeper.done_keys(tag)
     todo = [b for b in plan.blocks() if b.key not in done]
     log.info("%s -> %s: %d blocks, %d already done, method %s, factor %d", strip_url(req.input),
              strip_url(req.output), len(plan), len(plan) - len(todo), method.name, plan.factor)
     ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, tag, overlap=req.overlap)
-    _set_state(keeper, "running")
+    _set_state(keeper, tag, RunState.RUNNING)
     if client is None:
         with open_cluster(req.cluster, req.cluster_config, req.workers, req.scheduler,
                           processes=req.processes) as own:
             summary = _execute(own, ctx, todo, plan, req)
     else:
         summary = _execute(client, ctx, todo, plan, req)
-    _set_state(keeper, "complete" if summary.ok else "incomplete")
+    _set_state(keeper, tag, RunState.COMPLETE if summary.ok else RunState.INCOMPLETE)
     return summary
 
 
@@ -207,7 +211,7 @@ def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: U
 
 
 def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, components: dict[str, Any],
-            digest: str, keeper: Bookkeeper) -> dict[str, Any]:
+            digest: str, keeper: Bookkeeper) -> RunRecord:
     provenance = {
         "method": method.name,
         "method_config": method.config(),
@@ -223,17 +227,18 @@ def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, 
         "run_hash": digest,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    record = {"hash": digest, "generation": uuid.uuid4().hex[:16], "components": components, "tasks": len(plan),
-              "plan": plan.describe()}
+    record = RunRecord(hash=digest, generation=uuid.uuid4().hex[:16], components=components, tasks=len(plan),
+                       plan=plan.describe(), state=RunState.CREATING)
     try:
         # the record first ("creating"), so a kill while the image is set up leaves an output the next run clears
-        keeper.write_record({**record, "state": "creating"})
+        keeper.write_record(record)
         keeper.ensure_writable()
         create_image(req.output, req.out_options, shape=plan.out_shape, dtype=vol.dtype,
                      chunks=plan.chunk_shape, shards=plan.shard_shape,
                      voxel_size=output_voxel_size(vol.voxel_size, plan.factor),  # type: ignore[arg-type]
                      translation=vol.translation, provenance=provenance)
-        keeper.write_record({**record, "state": "created"})
+        record = record.with_state(RunState.CREATED)
+        keeper.write_record(record)
         return record
     except Exception as exc:
         _cleanup_new(req)
@@ -252,7 +257,12 @@ def _cleanup_new(req: UpsampleRequest) -> None:
         pass
 
 
-def _set_state(keeper: Bookkeeper, state: str) -> None:
-    record = keeper.read_record() or {}
-    record["state"] = state
-    keeper.write_record(record)
+def _set_state(keeper: Bookkeeper, tag: str, state: RunState) -> None:
+    """Record how far the run got -- only while the output is still this run's: one deleted or replaced by
+    another run meanwhile keeps the state that run gives it."""
+    record = keeper.read_record()
+    if record is None or record.tag != tag:
+        log.warning("%s was deleted or replaced by another run; its state is left as that run set it",
+                    strip_url(keeper.url))
+        return
+    keeper.write_record(record.with_state(state))

@@ -28,6 +28,10 @@ from .training import Training
 log = logging.getLogger(__name__)
 
 GROUP = "isovol.methods"
+#: the evaluation protocol's reference, and what ``upsample`` and ``plan`` use when no --method is given
+REFERENCE = "cubic"
+#: what ``isovol train`` trains when no --method is given
+DEFAULT_TRAINED = "d2r"
 
 #: the built-in method packages, each with an ``ENTRIES`` sequence (a new built-in method adds one line here)
 BUILTIN = (
