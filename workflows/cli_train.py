@@ -12,7 +12,7 @@ from ..pipeline.io.readers import parse_voxel_size
 from ..pipeline.io.urls import parse_storage_options
 from ..pipeline.methods.registry import DEFAULT_TRAINED
 from .cli import cli
-from .cli_options import block_opt, cluster_opts, device_opt, factor_opt, progress_opt, storage_opt, voxel_opt
+from .cli_options import FACTOR, block_opt, cluster_opts, device_opt, factor_opt, progress_opt, storage_opt, voxel_opt
 
 
 @cli.command("train")
@@ -52,17 +52,20 @@ def train_cmd(input_url: str, model_dir: str, factor: int, method: str, recipe: 
 
 @cli.command()
 @click.option("--out", "out_dir", default="isovol-demo", show_default=True, help="Folder for the results.")
-@click.option("--factor", "-r", default=8, show_default=True, type=int)
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--factor", "-r", default=8, show_default=True, type=FACTOR, help="Z factor to simulate.")
 @click.option("--recipe", default="cpu-demo", show_default=True, metavar="cpu-demo|cpu-tiny|gpu-default|FILE",
               help="D2R recipe (see isovol train): cpu-demo about 5 min on 2 cores, cpu-tiny 20 s (no gain).")
+@cluster_opts
 @device_opt
-def demo(out_dir: str, factor: int, workers: int, recipe: str, device: str | None) -> None:
+def demo(out_dir: str, factor: int, recipe: str, workers: int | None, scheduler: str | None, cluster: str,
+         cluster_config: str | None, retries: int, block_timeout: float | None, device: str | None) -> None:
     """Evaluate the classical methods and D2R (trained on the decimated crop only) on the bundled real FIB-SEM
-    crop: PSNR/SSIM/FSC against the original, a report and figures in --out."""
+    crop: PSNR/SSIM/FSC against the original, a report and figures in --out (2 workers unless --workers)."""
     from .demo import run_demo
 
-    run_demo(out_dir, factor=factor, workers=workers, recipe=recipe, device=device, echo=click.echo)
+    run_demo(out_dir, factor=factor, workers=workers or 2, recipe=recipe, device=device, echo=click.echo,
+             cluster={"scheduler": scheduler, "cluster": cluster, "cluster_config": cluster_config,
+                      "retries": retries, "block_timeout": block_timeout})
 
 
 @cli.command()
@@ -93,7 +96,7 @@ def evaluate(gt_url: str, factor: int, methods: tuple[str, ...], self_supervised
              workers: int | None, scheduler: str | None, cluster: str, cluster_config: str | None, retries: int,
              block_timeout: float | None, voxel_size: str | None, storage_options: str | None,
              no_progress: bool) -> None:
-    """Score methods against isotropic ground truth GT by the evaluation protocol (DESIGN.md)."""
+    """Score methods against isotropic ground truth GT by the evaluation protocol (docs/evaluate.md)."""
     from .evaluate import EvaluateRequest
     from .evaluate import evaluate as run
 

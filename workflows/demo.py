@@ -35,7 +35,7 @@ def _classical() -> list[str]:
 
 def run_demo(out_dir: str, factor: int = 8, workers: int = 2, recipe: str = DEMO_RECIPE,
              block_shape: tuple[int, int, int] = (32, 64, 64), device: str | None = None,
-             echo: Callable[[str], None] = log.info) -> dict[str, Any]:
+             echo: Callable[[str], None] = log.info, cluster: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score the classical methods and D2R on the bundled crop; tell ``echo`` the table (the CLI prints it), leave
     the report in out_dir."""
     t0 = time.perf_counter()
@@ -47,7 +47,8 @@ def run_demo(out_dir: str, factor: int = 8, workers: int = 2, recipe: str = DEMO
           f"slice kept, D2R trained on those {(truth.shape[0] - 1) // factor + 1} slices only (recipe {recipe}), "
           f"then each method upsamples them back {factor}x")
     req = EvaluateRequest(ground_truth=gt_url, factor=factor, out=out_dir, methods=[*_classical(), f"d2r:{recipe}"],
-                          workers=workers, block_shape=block_shape, device=device, progress=False)
+                          workers=workers, block_shape=block_shape, device=device, progress=False,
+                          **(cluster or {}))
     result = evaluate(req)
     metrics = result["metrics"]
     echo(f"\n{'method':<16}{'PSNR XY':>9}{'XZ':>7}{'YZ':>7}{'SSIM XY':>9}{'FSC-0.5':>9}{'vs cubic':>10}{'time':>8}")

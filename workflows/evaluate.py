@@ -1,6 +1,6 @@
 """`isovol evaluate`: score upsampling methods against isotropic ground truth, by the fixed protocol.
 
-Protocol (docs: DESIGN.md, "Evaluation protocol"): keep every r-th Z slice of the ground truth (0, r, 2r, ...)
+Protocol (docs/evaluate.md): keep every r-th Z slice of the ground truth (0, r, 2r, ...)
 as the low-resolution input; every method upsamples that input through the real blockwise executor (so the
 scores are those of what users get); outputs are compared with the ground truth on z in [0, (n - 1) r].
 
