@@ -36,6 +36,7 @@ from ..checkpoints import (
     to_json,
 )
 from ..errors import InputError
+from ..identity import Verdict, decide, digest
 
 TRAINER_STATE = "trainer.safetensors"
 TRAINER_JSON = "trainer.json"
@@ -134,11 +135,34 @@ def resume(directory: str, identity: dict[str, Any], model: torch.nn.Module, opt
 
 def check_same_run(saved: dict[str, Any], identity: dict[str, Any], directory: str, what: str,
                    also: tuple[str, ...] = ()) -> None:
-    """Refuse to resume ``saved`` with another ``identity``, naming what changed (``also``: keys compared even
-    when only one side has them)."""
-    changed = sorted(k for k in set(identity) | set(also) if saved.get(k) != identity.get(k) and k != "train")
-    train_changed = sorted(k for k in identity["train"] if saved.get("train", {}).get(k) != identity["train"][k]
-                           and k not in RESUMABLE)
-    if changed or train_changed:
+    """Refuse to resume ``saved`` with another ``identity`` (decided by :func:`isovol.pipeline.identity.decide`,
+    the step budget ignored), naming the settings that changed.  Only the keys of ``identity`` (and of
+    ``identity["train"]``) are compared, so a checkpoint may carry keys a later isovol no longer records;
+    ``also``: keys compared even when only the checkpoint has them."""
+    recorded = _comparable(saved, identity, also)
+    decision = decide(digest(recorded), recorded, False, digest(identity), identity,
+                      ignore=tuple(f"train.{k}" for k in RESUMABLE))
+    if decision.verdict is Verdict.REFUSE:
         raise InputError(f"{directory} holds {what} trained with other settings "
-                         f"({', '.join(changed + ['train.' + k for k in train_changed])}); use a new directory")
+                         f"({', '.join(_setting_names(decision.changes))}); use a new directory")
+
+
+def _comparable(saved: dict[str, Any], identity: dict[str, Any], also: tuple[str, ...]) -> dict[str, Any]:
+    """The part of ``saved`` that ``identity`` speaks about."""
+    keys = set(identity) | set(also)
+    out = {k: v for k, v in saved.items() if k in keys}
+    if isinstance(out.get("train"), dict) and isinstance(identity.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k in identity["train"]}
+    return out
+
+
+def _setting_names(changes: tuple[tuple[str, Any, Any], ...]) -> list[str]:
+    """The settings a user chose that differ: top-level keys (``factor``, ``sde``), training settings one level
+    down (``train.lr``); top-level ones first, each once."""
+    names: list[str] = []
+    for key, _, _ in changes:
+        parts = key.split(".")
+        name = ".".join(parts[:2]) if parts[0] == "train" else parts[0]
+        if name not in names:
+            names.append(name)
+    return sorted(names, key=lambda n: (n.startswith("train."), n))
