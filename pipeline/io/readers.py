@@ -7,7 +7,6 @@ whatever process reads from it, so a worker receives a reader, not data.
 from __future__ import annotations
 
 import ast
-import json
 import operator
 import posixpath
 import re
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from .ome import level0, multiscales
+from .runrecord import META_DIR, RUN_RECORD, DamagedRecord, RunRecord, RunState
 from .urls import describe_error, filesystem, is_local, local_path, strip_url
 
 Box = tuple[slice, slice, slice]
@@ -451,21 +451,17 @@ def _dispatch(url: str, options: dict[str, Any]) -> Volume:
     raise InputError(f"{strip_url(url)}: unsupported format (zarr, OME-Zarr, TIFF, HDF5 or .npy expected)")
 
 
-#: an isovol output keeps its run record here (written by workflows/bookkeeping.py, which takes these names from
-#: here); its "state" says whether the output is whole
-META_DIR, RUN_RECORD = ".isovol", "run.json"
-
-
 def _check_finished(fs: Any, path: str, shown: str) -> None:
     """Refuse an isovol output that is not complete: its unfinished blocks read as zeros, which a trainer or a
     second upsampling would take for data."""
     try:
-        state = json.loads(fs.cat_file(posixpath.join(path, META_DIR, RUN_RECORD))).get("state")
+        record = RunRecord.from_json(fs.cat_file(posixpath.join(path, META_DIR, RUN_RECORD)))
+        state = record.state.value if record.state is not None else "unknown"
     except FileNotFoundError:
-        state = "creating"
-    except ValueError:
+        state = RunState.CREATING.value
+    except DamagedRecord:
         state = "unknown (damaged run record)"
-    if state != "complete":
+    if state != RunState.COMPLETE.value:
         raise InputError(f"{shown} is an unfinished isovol output (state {state}); finish it with the command "
                          f"that made it and --resume (`isovol status` shows its progress)")
 

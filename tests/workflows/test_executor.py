@@ -15,6 +15,7 @@ import pytest
 import zarr
 from clirun import read_output, write_input
 
+from isovol.pipeline.io.runrecord import RunState
 from isovol.pipeline.methods import get_method, upsample_array
 from isovol.pipeline.methods.interp import Interpolation
 from isovol.workflows import upsample as upsample_mod
@@ -196,7 +197,7 @@ def test_deterministic_errors_are_not_retried(tmp_path, client, crop, inject, cl
     assert summary.done == 32 and summary.total == 36 and summary.not_run == 0
     assert "4 failed" in summary.line()
     assert markers(out) == {f"{i}.{j}.{k}" for i in range(8) for j in range(2) for k in range(2)}
-    assert Bookkeeper(out, {}).read_record()["state"] == "incomplete"
+    assert Bookkeeper(out, {}).read_record().state is RunState.INCOMPLETE
 
     status = cli("status", out)
     assert status.returncode == 3, status.stderr

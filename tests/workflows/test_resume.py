@@ -190,7 +190,7 @@ def test_resume_of_a_missing_output_just_runs(tmp_path, source, expected, cli):
 def finished_run(tmp_path, client, source):
     """A finished output of 20 blocks, its request, and the executor context of that run (what a worker gets)."""
     from isovol.workflows import executor
-    from isovol.workflows.bookkeeping import Bookkeeper, marker_tag
+    from isovol.workflows.bookkeeping import Bookkeeper
     from isovol.workflows.upsample import prepare
 
     out = tmp_path / "out.ome.zarr"
@@ -198,7 +198,7 @@ def finished_run(tmp_path, client, source):
     assert upsample(req, client=client).ok
     vol, method, plan = prepare(req)
     keeper = Bookkeeper(str(out), {})
-    return out, req, executor.BlockContext(vol, method, plan, str(out), {}, keeper, marker_tag(keeper.read_record()))
+    return out, req, executor.BlockContext(vol, method, plan, str(out), {}, keeper, keeper.read_record().tag)
 
 
 def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, client, source, expected, monkeypatch):

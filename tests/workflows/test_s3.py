@@ -330,6 +330,7 @@ def test_a_kill_while_overwrite_deletes_on_s3_leaves_an_output_the_rerun_clears(
         moto_s3: MotoS3, zarr_input: str, low_res: np.ndarray, monkeypatch: pytest.MonkeyPatch, kill_at: int) -> None:
     """On an object store a delete is many requests (minutes for a big output): the record says "deleting" until
     the last one, so a kill in between leaves an output the identical rerun recognises and replaces."""
+    from isovol.pipeline.io.runrecord import RunState
     from isovol.pipeline.io.urls import filesystem
     from isovol.workflows.bookkeeping import Bookkeeper
     from isovol.workflows.upsample import UpsampleRequest, upsample
@@ -355,7 +356,7 @@ def test_a_kill_while_overwrite_deletes_on_s3_leaves_an_output_the_rerun_clears(
     with pytest.raises(KeyboardInterrupt):
         upsample(req(overwrite=True))
     monkeypatch.undo()
-    assert Bookkeeper(out, opts).read_record()["state"] == "deleting"
+    assert Bookkeeper(out, opts).read_record().state is RunState.DELETING
     summary = upsample(req())  # the identical command without --overwrite: the half-deleted output is cleared
     assert summary.ok and summary.skipped == 0
     np.testing.assert_array_equal(open_level0(out, opts, mode="r")[...], _reference(low_res, FACTOR))

@@ -9,11 +9,13 @@ import pytest
 import zarr
 from clirun import read_output
 
-from isovol.pipeline.errors import InputError, OutputError, ResumeError
+from isovol.pipeline.errors import InputError, OutputError, ResumeError, StaleRunError
+from isovol.pipeline.identity import digest
+from isovol.pipeline.io.runrecord import RunState
 from isovol.pipeline.methods.interp import Interpolation
 from isovol.workflows import cli as cli_mod
 from isovol.workflows import upsample as upsample_mod
-from isovol.workflows.bookkeeping import Bookkeeper, marker_tag
+from isovol.workflows.bookkeeping import Bookkeeper
 from isovol.workflows.upsample import UpsampleRequest, upsample
 
 FACTOR = 8
@@ -45,11 +47,12 @@ def test_fresh_run_records_a_complete_state(tmp_path, client, source, expected):
     assert np.array_equal(read_output(out), expected)
     keeper = Bookkeeper(str(out), {})
     record = keeper.read_record()
-    assert record["state"] == "complete" and record["tasks"] == 20
-    assert keeper.done_keys(marker_tag(record)) == {f"{i}.{j}.{k}" for i in range(5) for j in range(2)
+    assert record.state is RunState.COMPLETE and record.tasks == 20
+    assert record.hash == digest(record.components), "the record's hash is the identity of its components"
+    assert keeper.done_keys(record.tag) == {f"{i}.{j}.{k}" for i in range(5) for j in range(2)
                                                     for k in range(2)}
     assert keeper.done_keys("another run") == set(), "markers of another run never count"
-    assert keeper.done_keys(record["hash"]) == set(), "nor those of another generation of the same run"
+    assert keeper.done_keys(record.hash) == set(), "nor those of another generation of the same run"
 
 
 def test_existing_output_is_refused_and_left_untouched(tmp_path, client, source):
@@ -202,16 +205,17 @@ def test_a_kill_while_overwrite_deletes_leaves_an_output_every_rerun_clears(tmp_
     with pytest.raises(KeyboardInterrupt):
         upsample(request(source, out, overwrite=True), client=client)
     monkeypatch.setattr(LocalFileSystem, "rm", real)
-    assert Bookkeeper(str(out), {}).read_record()["state"] == "deleting"
+    assert Bookkeeper(str(out), {}).read_record().state is RunState.DELETING
     with pytest.raises(InputError, match="unfinished isovol output .state deleting"):
         upsample(request(str(out), tmp_path / "again.ome.zarr"), client=client)  # never read as an input
     for kw in ({}, {"resume": True}, {"overwrite": True}):
         summary = upsample(request(source, out, **kw), client=client)
         assert summary.ok and summary.done == summary.total and summary.skipped == 0
         assert np.array_equal(read_output(out), expected)
-        assert Bookkeeper(str(out), {}).read_record()["state"] == "complete"
+        assert Bookkeeper(str(out), {}).read_record().state is RunState.COMPLETE
         if not kw.get("overwrite"):  # leave the next form a half-deleted output again
-            Bookkeeper(str(out), {}).write_record({**Bookkeeper(str(out), {}).read_record(), "state": "deleting"})
+            keeper = Bookkeeper(str(out), {})
+            keeper.write_record(keeper.read_record().with_state(RunState.DELETING))
 
 
 @pytest.mark.parametrize("stage", ["before the image", "before the record says created"])
@@ -229,7 +233,7 @@ def test_a_kill_while_a_fresh_output_is_created_leaves_one_the_rerun_clears(tmp_
     with pytest.raises(KeyboardInterrupt):
         upsample(request(source, out), client=client)
     monkeypatch.setattr(upsample_mod, "create_image", real)
-    assert Bookkeeper(str(out), {}).read_record()["state"] == "creating"
+    assert Bookkeeper(str(out), {}).read_record().state is RunState.CREATING
     summary = upsample(request(source, out), client=client)  # the identical command
     assert summary.ok and summary.done == summary.total
     assert np.array_equal(read_output(out), expected)
@@ -257,6 +261,25 @@ def test_an_unfinished_output_is_refused_as_an_input(tmp_path, client, source, s
     out = tmp_path / "out.ome.zarr"
     assert upsample(request(source, out), client=client).ok
     keeper = Bookkeeper(str(out), {})
-    keeper.write_record({**keeper.read_record(), "state": state})
+    keeper.write_record(keeper.read_record().with_state(RunState(state)))
     with pytest.raises(InputError, match=f"unfinished isovol output \\(state {state}\\); finish it"):
         upsample(request(str(out), tmp_path / "next.ome.zarr"), client=client)
+
+
+def test_a_damaged_run_record_is_refused_for_resume_and_cleared_by_overwrite(tmp_path, client, source, expected):
+    out = tmp_path / "out.ome.zarr"
+    assert upsample(request(source, out), client=client).ok
+    keeper = Bookkeeper(str(out), {})
+    tag = keeper.read_record().tag
+    (out / ".isovol" / "run.json").write_text('{"hash": "ab')
+    with pytest.raises(OutputError, match="the run record is damaged; rerun with --overwrite"):
+        upsample(request(source, out, resume=True), client=client)
+    with pytest.raises(InputError, match=r"unfinished isovol output \(state unknown \(damaged run record\)\)"):
+        upsample(request(str(out), tmp_path / "next.ome.zarr"), client=client)
+    assert not keeper.read_record(damaged_ok=True).readable
+    with pytest.raises(StaleRunError):
+        keeper.check_current(tag)  # a block still running for it stops before writing
+    summary = upsample(request(source, out, overwrite=True), client=client)
+    assert summary.ok and summary.done == summary.total
+    assert np.array_equal(read_output(out), expected)
+    assert keeper.read_record().state is RunState.COMPLETE

@@ -1,0 +1,114 @@
+"""The run record an isovol output keeps in ``OUTPUT/.isovol/run.json``: which run made it and how far it got.
+
+It is read by the executor's bookkeeping (resume, stale-run checks, ``isovol status``) and by the readers, which
+refuse an unfinished output as an input.  The JSON on disk keeps the keys isovol has always written (``hash``,
+``generation``, ``components``, ``tasks``, ``plan``, ``state``), so outputs made by earlier versions -- those
+from before generations included -- still load and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: an isovol output keeps its bookkeeping in this folder and its run record in this file inside it
+META_DIR, RUN_RECORD = ".isovol", "run.json"
+
+
+class RunState(str, Enum):
+    """How far the run that made an output got; a str, so it compares with and serialises as its value."""
+
+    CREATING = "creating"  # record written, image being set up: a kill here leaves nothing worth keeping
+    CREATED = "created"  # image set up, no block run yet
+    RUNNING = "running"
+    COMPLETE = "complete"  # every block done: the output may be read
+    INCOMPLETE = "incomplete"  # the run ended with failed blocks: --resume finishes it
+    DELETING = "deleting"  # --overwrite is removing it: a kill here leaves nothing worth keeping
+
+    @property
+    def unfinished(self) -> bool:
+        """Left half made (or half deleted) by an interrupted run: the next run clears it."""
+        return self in (RunState.CREATING, RunState.DELETING)
+
+
+class DamagedRecord(ValueError):
+    """The run record cannot be read as one (not JSON, not a mapping, fields of the wrong type)."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What an output's run record says.  ``hash`` is the run's identity (``identity.digest`` of its
+    ``components``); ``generation`` is made anew each time the output is created; ``state`` is None when a
+    record carries none (unknown)."""
+
+    hash: str
+    components: dict[str, Any] = field(default_factory=dict)
+    tasks: int = 0
+    plan: dict[str, Any] = field(default_factory=dict)
+    state: RunState | None = None
+    generation: str | None = None
+
+    @property
+    def tag(self) -> str:
+        """What a done marker must carry to count in this output: the run hash and the output's generation.  A
+        block of an earlier generation of the same run -- say a task still running on an external cluster when
+        its client was killed and the output overwritten -- may mark itself done after its shards were deleted;
+        its marker then does not count."""
+        return f"{self.hash}:{self.generation}" if self.generation else self.hash  # outputs made before generations
+
+    @property
+    def readable(self) -> bool:
+        """False for the stand-in of a damaged record (see :meth:`unreadable`): it names no run."""
+        return bool(self.hash)
+
+    def with_state(self, state: RunState) -> RunRecord:
+        return replace(self, state=state)
+
+    @classmethod
+    def unreadable(cls) -> RunRecord:
+        """Stands in for a damaged record where a caller may go on without one (clearing or deleting the
+        output): it names no run, so no marker or resume matches it."""
+        return cls(hash="")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hash": self.hash, "components": self.components, "tasks": self.tasks,
+                               "plan": self.plan}
+        if self.state is not None:
+            out["state"] = self.state.value
+        if self.generation is not None:
+            out["generation"] = self.generation
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunRecord:
+        """Lenient about missing keys (records of earlier versions), strict about types: anything else is a
+        :class:`DamagedRecord`."""
+        if not isinstance(data, dict):
+            raise DamagedRecord(f"a run record is a JSON object, not {type(data).__name__}")
+        state = data.get("state")
+        try:
+            record = cls(hash=data.get("hash", ""), components=data.get("components", {}),
+                         tasks=int(data.get("tasks", 0)), plan=data.get("plan", {}),
+                         state=None if state is None else RunState(state), generation=data.get("generation"))
+        except (TypeError, ValueError) as exc:
+            raise DamagedRecord(str(exc)) from None
+        if not (isinstance(record.hash, str) and isinstance(record.components, dict)
+                and isinstance(record.plan, dict) and isinstance(record.generation, (str, type(None)))):
+            raise DamagedRecord("a run record field has the wrong type")
+        return record
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunRecord:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise DamagedRecord(f"not JSON: {exc}") from None
+        return cls.from_dict(data)
