@@ -45,6 +45,7 @@ def differences(old: Any, new: Any, prefix: str = "",
 
 
 def short(value: Any, limit: int = 80) -> str:
+    """``value`` as compact JSON cut to ``limit`` characters: an error line stays one readable line."""
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -66,6 +67,8 @@ class Verdict(str, Enum):
 
 @dataclass(frozen=True)
 class Decision:
+    """What :func:`decide` says, with the settings that differ when it refuses."""
+
     verdict: Verdict
     changes: tuple[tuple[str, Any, Any], ...] = ()
 

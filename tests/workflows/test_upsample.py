@@ -283,3 +283,18 @@ def test_a_damaged_run_record_is_refused_for_resume_and_cleared_by_overwrite(tmp
     assert summary.ok and summary.done == summary.total
     assert np.array_equal(read_output(out), expected)
     assert keeper.read_record().state is RunState.COMPLETE
+
+
+def test_a_run_sets_the_state_only_of_its_own_output(tmp_path, client, source):
+    """A run whose output was replaced (or deleted) while it ran must not stamp its state on what is there now."""
+    out = tmp_path / "out.ome.zarr"
+    assert upsample(request(source, out), client=client).ok
+    keeper = Bookkeeper(str(out), {})
+    record = keeper.read_record()
+    upsample_mod._set_state(keeper, "an earlier generation", RunState.INCOMPLETE)
+    assert keeper.read_record() == record
+    upsample_mod._set_state(keeper, record.tag, RunState.INCOMPLETE)
+    assert keeper.read_record() == record.with_state(RunState.INCOMPLETE)
+    (out / ".isovol" / "run.json").unlink()
+    upsample_mod._set_state(keeper, record.tag, RunState.COMPLETE)
+    assert keeper.read_record() is None, "no record is made up for a deleted output"
