@@ -61,6 +61,12 @@ class MethodEntry:
     needs_model: bool = False
     training: Training | None = None
 
+    def __post_init__(self) -> None:
+        """A plugin's mistake fails when its module loads (a warning then), not later in every command."""
+        object.__setattr__(self, "kind", Kind(self.kind))  # "classical" is accepted; an unknown kind is refused
+        if not isinstance(self.name, str) or not self.name or not callable(self.build):
+            raise TypeError(f"MethodEntry {self.name!r}: name must be a non-empty string and build callable")
+
     @property
     def recipes(self) -> tuple[str, ...]:
         return tuple(self.training.book.names()) if self.training else ()
@@ -86,7 +92,7 @@ _entries: dict[str, MethodEntry] | None = None
 
 
 def _collect(found: Any, origin: str) -> list[MethodEntry]:
-    items = list(found) if isinstance(found, (list, tuple)) else [found]
+    items = [found] if isinstance(found, MethodEntry) else list(found)
     bad = [x for x in items if not isinstance(x, MethodEntry)]
     if bad:
         raise TypeError(f"{origin} gives {type(bad[0]).__name__}, not a MethodEntry")
@@ -100,7 +106,7 @@ def _plugins() -> Iterable[tuple[str, list[MethodEntry]]]:
         except Exception as exc:  # a broken plugin must not take isovol down: say so and go on without it
             log.warning("method plugin %s (%s) not loaded: %s", ep.name, ep.value, exc)
             continue
-        yield f"entry point {ep.name} ({ep.value})", items
+        yield f"{ep.name} ({ep.value})", items
 
 
 def entries() -> dict[str, MethodEntry]:
