@@ -21,7 +21,9 @@ class FactorType(click.ParamType):
 
     name = "factor"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None:  # missing: click's own "Missing option" check speaks
+            return None
         try:
             return check_factor(value)
         except InputError as exc:
