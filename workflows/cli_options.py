@@ -75,7 +75,9 @@ def parse_method_options(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 def factor_opt(help_text: str = "Z upsampling factor (integer >= 2).", required: bool = True) -> Callable:
-    return click.option("--factor", "-r", type=FACTOR, required=required, default=None, help=help_text)
+    if required:  # no default at all: click 8.2+ takes an explicit default=None as a given value
+        return click.option("--factor", "-r", type=FACTOR, required=True, help=help_text)
+    return click.option("--factor", "-r", type=FACTOR, default=None, help=help_text)
 
 
 storage_opt = click.option("--storage-options", "storage_options", default=None, metavar="JSON",
