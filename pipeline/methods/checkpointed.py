@@ -20,6 +20,7 @@ class CheckpointMethod(Method):
 
     KIND: str = ""
     WHAT: str = "model"
+    TITLE: str = ""  # how messages name the model the directory must hold [default: KIND WHAT]
     device: str | None = None
 
     def _open(self, model_dir: str) -> None:
@@ -30,7 +31,7 @@ class CheckpointMethod(Method):
         self.model_dir = os.path.abspath(model_dir)
         self.spec: dict[str, Any] = load_json(os.path.join(self.model_dir, CONFIG), self.WHAT)
         if self.spec.get("kind") != self.KIND or "model" not in self.spec:
-            raise InputError(f"{model_dir} does not hold a {self.KIND} {self.WHAT} "
+            raise InputError(f"{model_dir} does not hold a {self.TITLE or f'{self.KIND} {self.WHAT}'} "
                              f"(config.json kind={self.spec.get('kind')!r})")
         weights = os.path.join(self.model_dir, WEIGHTS)
         if not os.path.exists(weights):

@@ -41,6 +41,7 @@ class PriorRecovery(CheckpointMethod):
     name = "d2r-prior"
     KIND = KIND
     WHAT = "prior"
+    TITLE = "Stage I prior"
     deterministic = False
     working_bytes_per_voxel = 24
 

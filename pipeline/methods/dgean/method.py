@@ -41,6 +41,7 @@ def _scale(dtype: np.dtype) -> float:
 class DGEANMethod(CheckpointMethod):
     name = "dgean"
     KIND = "dgean"
+    TITLE = "DGEAN model"
     working_bytes_per_voxel = 16
     z_split_exact = True  # a slice comes from its own 4-slice window; tiles are cut in Y/X only
 
