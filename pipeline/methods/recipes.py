@@ -69,8 +69,11 @@ def settings_from_dict(cls: type[T], data: Any, where: str) -> T:
 class RecipeBook(Generic[R]):
     """The presets of one method (``recipes.yaml`` in ``package``) and the parser that makes its typed recipe."""
 
-    def __init__(self, package: str, parse: Callable[[dict[str, Any], str], R], method: str):
-        self.package, self.parse, self.method = package, parse, method
+    def __init__(self, package: str, parse: Callable[[dict[str, Any], str], R], method: str,
+                 expand: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+        """``expand``: a preset's mapping as fields a file may override one by one (D2R spells out the sections
+        that name another book's preset); None: the mapping as it is."""
+        self.package, self.parse, self.method, self.expand = package, parse, method, expand
         self._presets: dict[str, dict[str, Any]] | None = None
 
     def presets(self) -> dict[str, dict[str, Any]]:
@@ -98,7 +101,7 @@ class RecipeBook(Generic[R]):
             if base not in presets:
                 raise InputError(f"recipe {name_or_path}: base {base!r} is not a {self.method} recipe "
                                  f"({', '.join(presets)})")
-            spec = merge(presets[base], spec)
+            spec = merge(self.expand(presets[base]) if self.expand else presets[base], spec)
         return os.path.abspath(name_or_path), spec
 
     def load(self, name_or_path: str) -> tuple[str, R]:

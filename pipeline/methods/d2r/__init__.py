@@ -26,7 +26,13 @@ def _parse(spec: dict[str, Any], where: str) -> Any:
     return parse(spec, where)
 
 
-BOOK = RecipeBook(__name__, _parse, NAME)
+def _expand(spec: dict[str, Any]) -> dict[str, Any]:
+    from .recipe import expand
+
+    return expand(spec)
+
+
+BOOK = RecipeBook(__name__, _parse, NAME, _expand)
 
 
 def _dgean_build(model: str, **options: Any) -> Any:

@@ -35,6 +35,19 @@ def _section(spec: dict[str, Any], key: str, where: str, book: Any) -> Any:
     return book.parse(part, f"{where}: {key}")
 
 
+def expand(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with each section that names a preset of another book spelt out as that preset's settings, so that
+    a file with ``base:`` overrides single fields of it (``prior: {train: {steps: 6}}`` keeps the rest of the
+    base's prior) instead of replacing the whole section by the defaults."""
+    from .. import d2r_prior, dgean
+
+    out = dict(spec)
+    for key, book in (("prior", d2r_prior.BOOK), ("dgean", dgean.BOOK)):
+        if isinstance(out.get(key), str) and out[key] in book.names():
+            out[key] = book.raw(out[key])[1]
+    return out
+
+
 def parse(spec: dict[str, Any], where: str) -> D2RRecipe:
     from .. import d2r_prior, dgean
 
