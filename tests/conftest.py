@@ -23,11 +23,12 @@ def prior_dir(tmp_path_factory) -> str:
     from dataclasses import replace
 
     import numpy as np
+    from tiny_recipes import prior_tiny
 
-    from isovol.pipeline.methods.d2r_prior.trainer import resolve_recipe, train_prior
+    from isovol.pipeline.methods.d2r_prior.trainer import train_prior
     from isovol.workflows.demo_data import load_crop
 
-    mcfg, sde, tcfg = resolve_recipe("tiny")
+    mcfg, sde, tcfg = prior_tiny()
     tcfg = replace(tcfg, steps=30, val_every=30, ckpt_every=30, val_patches=2, val_timesteps=1, val_restore=1)
     path = str(tmp_path_factory.mktemp("prior") / "prior")
     train_prior(np.ascontiguousarray(load_crop()[0][::8]), path, 8, model_config=mcfg, train=tcfg, sde=sde,

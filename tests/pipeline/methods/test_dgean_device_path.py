@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from tiny_recipes import dgean_tiny
 
 from isovol.pipeline.methods import cache
 from isovol.pipeline.methods.base import cast_like
@@ -20,14 +21,14 @@ from isovol.pipeline.methods.dgean.method import (
     batch_for_memory,
     window_bytes,
 )
-from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
+from isovol.pipeline.methods.dgean.trainer import train_dgean
 from isovol.workflows.demo_data import load_crop
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """A tiny DGEAN, a few steps, full-scale output conv (its residual shows in every voxel)."""
-    mcfg, tcfg = resolve_recipe("tiny")
+    mcfg, tcfg = dgean_tiny()
     path = str(tmp_path_factory.mktemp("dgean") / "model")
     train_dgean(load_crop()[0][:64, :64, :64], path, 8, isotropic=True, model_config=replace(mcfg, out_init_scale=1.0),
                 train=replace(tcfg, steps=2, val_windows=4, val_every=2, ckpt_every=2), device="cpu",

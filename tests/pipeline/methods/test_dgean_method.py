@@ -12,13 +12,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from tiny_recipes import dgean_tiny
 
 from isovol.pipeline.checkpoints import file_sha256, save_tensors
 from isovol.pipeline.errors import InputError
 from isovol.pipeline.methods import get_method, upsample_array
 from isovol.pipeline.methods.dgean.method import DGEANMethod
 from isovol.pipeline.methods.dgean.network import DGEANConfig, build_dgean
-from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
+from isovol.pipeline.methods.dgean.trainer import train_dgean
 from isovol.workflows.demo_data import load_crop
 
 TRAINED_AT = 8
@@ -33,7 +34,7 @@ def crop() -> np.ndarray:
 def model_dir(tmp_path_factory, crop) -> str:
     """A tiny DGEAN trained a few steps at r = 8.  Its output conv starts at full scale, so the network's
     residual on top of cubic interpolation is large (~10 grey levels): every code path shows in the output."""
-    mcfg, tcfg = resolve_recipe("tiny")
+    mcfg, tcfg = dgean_tiny()
     mcfg = replace(mcfg, out_init_scale=1.0)
     tcfg = replace(tcfg, steps=3, val_windows=4, val_every=3, ckpt_every=3)
     path = str(tmp_path_factory.mktemp("dgean") / "model")

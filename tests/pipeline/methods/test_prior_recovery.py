@@ -18,8 +18,8 @@ import pytest
 from isovol.pipeline.checkpoints import file_sha256
 from isovol.pipeline.errors import InputError
 from isovol.pipeline.methods import Halo, get_method, upsample_array
-from isovol.pipeline.methods.interp import Interpolation
 from isovol.pipeline.methods.d2r_prior.method import PriorRecovery, recover_block_shape, tile_seed
+from isovol.pipeline.methods.interp import Interpolation
 from isovol.workflows.demo_data import load_crop
 
 R = 8
@@ -127,7 +127,7 @@ def test_fusion_is_the_mean_or_geometric_mean_of_the_xz_and_yz_restorations(monk
 def test_the_seed_decides_the_output(prior_dir, volume, method, result):
     np.testing.assert_array_equal(upsample_array(volume, R, method), result)  # a rerun
     copy = pickle.loads(pickle.dumps(method))  # what a worker receives: no network, rebuilt from the files
-    assert copy._net is None and copy.config() == method.config()
+    assert copy._model is None and copy.config() == method.config()
     np.testing.assert_array_equal(upsample_array(volume, R, copy), result)
     other = upsample_array(volume, R, PriorRecovery(prior_dir, seed=1, **OPTS))
     np.testing.assert_array_equal(other[::R], result[::R])
@@ -212,7 +212,7 @@ def test_batch_size_changes_at_most_the_last_float_bit(prior_dir, volume, method
 
 def test_config_halo_and_block_shape(prior_dir, method):
     cfg = method.config()
-    assert cfg == {"name": "d2r-recover", "model_hash": file_sha256(os.path.join(prior_dir, "model.safetensors")),
+    assert cfg == {"name": "d2r-prior", "model_hash": file_sha256(os.path.join(prior_dir, "model.safetensors")),
                    "sampler": "fast", "steps": STEPS, "t_start": None, "seed": 0, "tile": TILE, "margin": MARGIN,
                    "fusion": "mean", "precision": "fp32"}
     assert method.model_hash == cfg["model_hash"] and method.factor == R and not method.deterministic
@@ -221,7 +221,7 @@ def test_config_halo_and_block_shape(prior_dir, method):
     assert method.preferred_block_shape((1000, 1000, 1000)) == (64, 128, 128)
     assert recover_block_shape(128, (65, 300, 96)) == (65, 300, 96)
     assert recover_block_shape(128, (2000, 2000, 2000)) == (256, 512, 512)
-    assert isinstance(get_method("d2r-recover", model=prior_dir, **OPTS), PriorRecovery)
+    assert isinstance(get_method("d2r-prior", model=prior_dir, **OPTS), PriorRecovery)
 
 
 @pytest.fixture
@@ -232,7 +232,7 @@ def damaged(prior_dir, tmp_path) -> str:
 
 
 def test_a_prior_of_another_factor_is_refused(prior_dir, method, volume):
-    with pytest.raises(InputError, match="trained at factor 8, not 4.*isovol train-prior"):
+    with pytest.raises(InputError, match="trained at factor 8, not 4.*isovol train --method d2r-prior"):
         PriorRecovery(prior_dir, factor=4)
     assert PriorRecovery(prior_dir, factor=R).factor == R
     with pytest.raises(InputError, match="trained at factor 8, not 4"):
@@ -242,8 +242,8 @@ def test_a_prior_of_another_factor_is_refused(prior_dir, method, volume):
 
 
 def test_a_missing_or_foreign_prior_directory_is_refused(tmp_path, damaged):
-    with pytest.raises(InputError, match="needs --prior"):
-        get_method("d2r-recover")
+    with pytest.raises(InputError, match="needs --model MODEL_DIR.*isovol train INPUT MODEL_DIR --method d2r-prior"):
+        get_method("d2r-prior")
     with pytest.raises(InputError, match="prior directory not found"):
         PriorRecovery(str(tmp_path / "nowhere"))
     empty = tmp_path / "empty"

@@ -7,9 +7,16 @@ import pytest
 import torch
 
 from isovol.pipeline.losses import DGEANLoss
+from isovol.pipeline.methods.dgean.network import (
+    DGEAN,
+    DGEANConfig,
+    build_dgean,
+    count_parameters,
+    cubic_at_depths,
+    estimate_macs,
+    keys_weights_torch,
+)
 from isovol.pipeline.methods.interp import Interpolation, keys_weights
-from isovol.pipeline.methods.dgean.network import DGEAN, DGEANConfig, build_dgean, cubic_at_depths, keys_weights_torch
-from isovol.pipeline.methods.dgean.network import count_parameters, estimate_macs
 from isovol.workflows.demo_data import load_crop
 
 

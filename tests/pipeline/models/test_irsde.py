@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from isovol.pipeline.methods.d2r_prior.irsde import IRSDE
+from isovol.pipeline.methods.d2r_prior.irsde import IRSDE, theta_schedule
 from isovol.pipeline.methods.d2r_prior.nafnet import build_nafnet
-from isovol.pipeline.methods.d2r_prior.irsde import theta_schedule
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from isovol.pipeline.methods.d2r_prior.nafnet import PRESETS as NAFNET_PRESETS
-from isovol.pipeline.methods.d2r_prior.nafnet import ConditionalNAFNet, NAFNetConfig, build_nafnet
-from isovol.pipeline.methods.d2r_prior.nafnet import count_parameters, estimate_macs
+from isovol.pipeline.methods.d2r_prior.nafnet import (
+    ConditionalNAFNet,
+    NAFNetConfig,
+    build_nafnet,
+    count_parameters,
+    estimate_macs,
+)
 
 
 def _activate(net: ConditionalNAFNet, seed: int = 0) -> ConditionalNAFNet:

@@ -13,20 +13,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from tiny_recipes import PRIOR_TINY, prior_tiny
 
 from isovol.pipeline import checkpoints
 from isovol.pipeline.degrade import DIHEDRAL, degrade_rows, undo_dihedral
 from isovol.pipeline.errors import InputError
+from isovol.pipeline.methods.d2r_prior import trainer as prior
 from isovol.pipeline.methods.d2r_prior.irsde import IRSDE
 from isovol.pipeline.methods.d2r_prior.nafnet import NAFNetConfig, build_nafnet
-from isovol.pipeline.trainers import prior
 from isovol.pipeline.methods.d2r_prior.trainer import (
-    RECIPES,
     SDE_DEFAULTS,
     PatchSampler,
     PriorTrainConfig,
     normalization,
-    resolve_recipe,
     train_prior,
 )
 from isovol.workflows.demo_data import load_crop
@@ -43,7 +42,7 @@ def aniso() -> np.ndarray:
 
 
 def recipe(**train):
-    mcfg, sde, tcfg = resolve_recipe("tiny")
+    mcfg, sde, tcfg = prior_tiny()
     return mcfg, sde, replace(tcfg, **train)
 
 
@@ -200,7 +199,7 @@ def test_a_time_budget_stops_with_a_checkpoint(tmp_path, aniso):
     assert config["step"] == result["steps"] == result["history"][-1]["step"]
     # the learning rate anneals within the budget (not over 100000 steps): it left the peak
     with open(tmp_path / "prior" / "trainer.json") as f:
-        assert json.load(f)["param_groups"][0]["lr"] < 0.99 * RECIPES["tiny"]["train"]["lr"]
+        assert json.load(f)["param_groups"][0]["lr"] < 0.99 * PRIOR_TINY["train"]["lr"]
 
 
 def test_patches_come_from_the_right_slices_in_every_orientation(aniso):
@@ -230,24 +229,10 @@ def _find(slices: np.ndarray, patch: np.ndarray) -> bool:
     return False
 
 
-def test_recipes_and_refusals(aniso, tmp_path):
-    mcfg, sde, tcfg = resolve_recipe("default")
-    assert mcfg == NAFNetConfig.preset("default") and sde == IRSDE().to_dict()
-    assert (tcfg.patch, tcfg.batch, tcfg.lr, tcfg.ema) == (129, 16, 1e-4, 0.999) and (129 - 1) % 8 == 0
+def test_refusals(aniso, tmp_path):
+    """Recipes (presets and files) are tested in tests/pipeline/methods/test_recipes.py."""
     assert PriorTrainConfig().noise_poisson == 0 and PriorTrainConfig().noise_gaussian == 0
-    spec = tmp_path / "recipe.yaml"
-    spec.write_text("model: {width: 4, enc_blocks: [1], dec_blocks: [1], time_dim: 8}\nsde: {T: 20}\n"
-                    "train: {patch: 17, steps: 3}\n")
-    mcfg, sde, tcfg = resolve_recipe(str(spec))
-    assert mcfg.width == 4 and sde["T"] == 20 and sde["schedule"] == "cosine" and tcfg.patch == 17
-    for text, message in (("train: {stepz: 3}", "unknown training settings"), ("sde: {T: 0}", "SDE settings"),
-                          ("model: {width: 0}", "model config"), ("extra: 1", "unknown sections")):
-        spec.write_text(text)
-        with pytest.raises(InputError, match=message):
-            resolve_recipe(str(spec))
-    with pytest.raises(InputError, match="neither a recipe"):
-        resolve_recipe("huge")
-    mcfg, sde, tcfg = resolve_recipe("tiny")
+    mcfg, sde, tcfg = prior_tiny()
     cases = [(aniso[0], FACTOR, tcfg, "expected a \\(z, y, x\\) volume"),
              (aniso, 1, tcfg, "factor must be an integer >= 2"),
              (aniso[:1], FACTOR, tcfg, "training needs at least 2"),

@@ -12,10 +12,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from tiny_recipes import dgean_tiny, prior_tiny
 
 from isovol.pipeline import checkpoints
 from isovol.pipeline.errors import InputError
-from isovol.pipeline.trainers import dgean, prior, state
+from isovol.pipeline.methods.d2r_prior import trainer as prior
+from isovol.pipeline.methods.dgean import trainer as dgean
+from isovol.pipeline.trainers import state
 from isovol.workflows.demo_data import load_crop
 
 FACTOR = 4
@@ -29,14 +32,14 @@ def crop() -> np.ndarray:
 
 
 def train_dgean(volume: np.ndarray, model_dir) -> dict:
-    mcfg, tcfg = dgean.resolve_recipe("tiny")
+    mcfg, tcfg = dgean_tiny()
     tcfg = replace(tcfg, steps=STEPS, ckpt_every=EVERY, val_every=EVERY, batch=2, patch=32, val_windows=4)
     return dgean.train_dgean(volume, str(model_dir), FACTOR, isotropic=True, model_config=mcfg, train=tcfg,
                              device="cpu", log=lambda _: None)
 
 
 def train_prior(volume: np.ndarray, prior_dir) -> dict:
-    mcfg, sde, tcfg = prior.resolve_recipe("tiny")
+    mcfg, sde, tcfg = prior_tiny()
     tcfg = replace(tcfg, steps=STEPS, ckpt_every=EVERY, val_every=EVERY, batch=2, patch=17)
     return prior.train_prior(volume[::FACTOR], str(prior_dir), FACTOR, model_config=mcfg, train=tcfg, sde=sde,
                              device="cpu", log=lambda _: None)
@@ -121,8 +124,8 @@ def test_directories_that_cannot_resume_are_refused(tmp_path, crop):
 def test_weights_and_config_of_different_checkpoints_are_refused_by_the_loaders(tmp_path, crop):
     """A kill between the two files of a publication (or a training still writing) leaves weights newer than
     the config; the methods refuse to use such a pair instead of labelling one model with another's record."""
-    from isovol.pipeline.methods.dgean.method import DGEANMethod
     from isovol.pipeline.methods.d2r_prior.method import PriorRecovery
+    from isovol.pipeline.methods.dgean.method import DGEANMethod
 
     model, prior_dir = tmp_path / "model", tmp_path / "prior"
     train_dgean(crop, model)
