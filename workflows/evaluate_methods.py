@@ -86,14 +86,15 @@ def train_method(spec: MethodSpec, in_url: str, slices: int, factor: int, req: A
     trained_on = f"the decimated input ({slices} slices, every {factor}th of the ground truth)"
     log.info("evaluate: training %s (recipe %s) on %s", spec.key, spec.recipe, trained_on)
     try:
-        run_train(os.path.abspath(in_url), model_dir, factor, method=spec.name, recipe=spec.recipe,
-                  workers=req.workers, device=req.device, processes=req.processes, cluster=req.cluster,
-                  cluster_config=req.cluster_config, scheduler=req.scheduler, retries=req.retries,
-                  block_timeout=req.block_timeout)
+        result = run_train(os.path.abspath(in_url), model_dir, factor, method=spec.name, recipe=spec.recipe,
+                           workers=req.workers, device=req.device, processes=req.processes, cluster=req.cluster,
+                           cluster_config=req.cluster_config, scheduler=req.scheduler, retries=req.retries,
+                           block_timeout=req.block_timeout)
     except SettingsChanged as exc:  # evaluate has no --restart-from: say what to do here
         raise InputError(f"{exc.reason}; the cached model was trained with other settings: delete {model_dir} "
                          f"or use a new --out") from None
     stages = load_json(os.path.join(model_dir, STATE), "train state")["stages"]
-    secs = {k: round(float(v.get("seconds", 0.0)), 2) for k, v in stages.items()}
+    # in the order the stages run (train.json keeps its keys sorted)
+    secs = {k: round(float(stages[k].get("seconds", 0.0)), 2) for k in result["stages"] if k in stages}
     return {"model": model_dir, "recipe": spec.recipe, "trained_on": trained_on, "stages_s": secs,
             "total_s": round(sum(secs.values()), 2)}

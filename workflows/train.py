@@ -154,6 +154,7 @@ def run_train(input_url: str, model_dir: str, factor: int, *, method: str = DEFA
     state = _load_state(model_dir)
     if state is not None and restart_from is None:
         _check_state(state, method, stages, settings, ids, model_dir)
+    created = not os.path.isdir(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     state = state or {"stages": {}}
     state.update({"method": method, "recipe": label, "recipe_settings": rec.to_dict(), "factor": factor,
@@ -175,8 +176,23 @@ def run_train(input_url: str, model_dir: str, factor: int, *, method: str = DEFA
            "processes": processes, "cluster": cluster, "cluster_config": cluster_config, "deadline": deadline,
            "scheduler": scheduler, "retries": retries, "block_timeout": block_timeout,
            "model_dir": model_dir}
-    report, validation, paused = _run_stages(stages, state, settings, ids, run)
+    try:
+        report, validation, paused = _run_stages(stages, state, settings, ids, run)
+    except InputError:
+        if created and not any(st.get("done") for st in state["stages"].values()):
+            _remove_if_refused(model_dir)
+        raise
     return _summary(model_dir, stages, state, report, validation, paused)
+
+
+def _remove_if_refused(model_dir: str) -> None:
+    """Remove the MODEL_DIR this run created when its first stage refused the request before writing anything
+    (say, a region smaller than a training patch): nothing is left of a refused request, and the corrected
+    command does not find a stage recorded with other settings."""
+    for path, _dirs, names in os.walk(model_dir):
+        if any(path != model_dir or name != STATE for name in names if not name.startswith(".tmp-")):
+            return
+    shutil.rmtree(model_dir, ignore_errors=True)
 
 
 def _run_stages(stages: list[Stage], state: dict[str, Any], settings: dict[str, Any], ids: dict[str, str],
