@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 import zarr
 
 from isovol.pipeline.io.omezarr import write_image
@@ -42,6 +43,14 @@ def write_input(path: str | os.PathLike, volume: np.ndarray, factor: int) -> str
     url = str(path)
     write_image(url, volume, (10.0 * factor, 10.0, 10.0))
     return url
+
+
+def write_recipe(path: str | os.PathLike, base: str | None = "cpu-tiny", **fields: object) -> str:
+    """A recipe file as a user writes one for ``isovol train --recipe``: the fields given (``train={"steps": 5}``)
+    over those of the preset ``base`` (None: over the defaults)."""
+    spec = ({"base": base} if base else {}) | fields
+    Path(path).write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
 
 
 def read_output(url: str | os.PathLike) -> np.ndarray:

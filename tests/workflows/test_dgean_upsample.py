@@ -1,5 +1,6 @@
 """DGEAN through the real executor and the ``isovol`` command: blockwise output agrees with one whole-volume
-call for any block layout, and train-dgean -> upsample --method dgean works end to end with provenance."""
+call for any block layout, and train --method sup-dgean -> upsample --method dgean works end to end with
+provenance."""
 
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import error_line, read_output, tree
+from clirun import error_line, read_output, tree, write_recipe
 from clirun import run_isovol as run
+from tiny_recipes import dgean_tiny
 
 from isovol.pipeline.errors import InputError, ResumeError
+from isovol.pipeline.geometry import parse_region
 from isovol.pipeline.io.omezarr import read_attributes, write_image
 from isovol.pipeline.methods import upsample_array
 from isovol.pipeline.methods.dgean.method import DGEANMethod
-from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
-from isovol.pipeline.geometry import parse_region
+from isovol.pipeline.methods.dgean.trainer import train_dgean
 from isovol.workflows.upsample import UpsampleRequest, upsample
 
 FACTOR = 8
@@ -39,7 +41,7 @@ def sha256(path) -> str:
 def model_dir(tmp_path_factory, crop) -> str:
     """A tiny DGEAN trained a few steps at r = 8 with a full-scale output conv: its residual on top of cubic
     interpolation is ~10 grey levels, so a tiling or halo mistake cannot hide in the rounding."""
-    mcfg, tcfg = resolve_recipe("tiny")
+    mcfg, tcfg = dgean_tiny()
     path = str(tmp_path_factory.mktemp("dgean") / "model")
     train_dgean(crop[:64, :64, :64], path, FACTOR, isotropic=True, model_config=replace(mcfg, out_init_scale=1.0),
                 train=replace(tcfg, steps=3, val_windows=4, val_every=3, ckpt_every=3), device="cpu",
@@ -184,10 +186,12 @@ def cli_inputs(tmp_path_factory, crop) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cli_model(cli_inputs) -> str:
     model = os.path.join(cli_inputs["dir"], "model")
-    res = run("train-dgean", cli_inputs["iso"], model, "--factor", 4, "--config", "tiny", "--steps", 20,
-              "--isotropic", cwd=cli_inputs["dir"])
+    recipe = write_recipe(os.path.join(cli_inputs["dir"], "steps20.yaml"), train={"steps": 20})
+    res = run("train", cli_inputs["iso"], model, "--method", "sup-dgean", "--factor", 4, "--recipe", recipe,
+              "--device", "cpu", cwd=cli_inputs["dir"])
     assert res.returncode == 0, res.stderr
-    assert res.stderr.strip().splitlines()[-1].startswith("isovol: trained 20 steps"), res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("isovol: train: dgean ran") and "validation PSNR" in last, res.stderr
     return model
 
 
@@ -201,13 +205,18 @@ def cli_output(cli_inputs, cli_model) -> str:
     return out
 
 
-def test_train_dgean_command_leaves_a_model(cli_model):
+def test_train_command_leaves_a_model(cli_model):
     with open(os.path.join(cli_model, "config.json")) as f:
         config = json.load(f)
     assert config["factor"] == 4 and config["isotropic"] is True and config["step"] == 20
     assert config["source"]["shape"] == [64, 64, 64] and config["source"]["region"] == [[0, 64]] * 3
-    for name in ("model.safetensors", "trainer.safetensors", "trainer.json"):
+    # the stage's checkpoints in MODEL_DIR/dgean, its published model also at MODEL_DIR's root
+    for name in ("model.safetensors", "train.json", "dgean/model.safetensors", "dgean/config.json",
+                 "dgean/trainer.safetensors", "dgean/trainer.json"):
         assert os.path.exists(os.path.join(cli_model, name)), name
+    assert sha256(os.path.join(cli_model, "model.safetensors")) == sha256(
+        os.path.join(cli_model, "dgean", "model.safetensors"))
+    assert json.load(open(os.path.join(cli_model, "train.json")))["method"] == "sup-dgean"
 
 
 def test_upsample_command_with_the_trained_model(cli_inputs, cli_model, cli_output):
@@ -235,10 +244,10 @@ def test_dgean_without_a_model_is_one_line(cli_inputs, tmp_path):
     assert not out.exists()
 
 
-def test_train_dgean_region_outside_the_volume(cli_inputs, tmp_path):
+def test_train_region_outside_the_volume(cli_inputs, tmp_path):
     model = tmp_path / "model"
-    line = error_line(run("train-dgean", cli_inputs["iso"], model, "--factor", 4, "--config", "tiny", "--steps", 1,
-                          "--region", "0:100,0:64,0:64", cwd=tmp_path))
+    line = error_line(run("train", cli_inputs["iso"], model, "--method", "sup-dgean", "--factor", 4, "--recipe",
+                          "cpu-tiny", "--region", "0:100,0:64,0:64", cwd=tmp_path))
     assert "--region z range 0:100 lies outside the volume (size 64)" in line
     assert not model.exists(), "nothing is created for a refused request"
 
@@ -268,19 +277,21 @@ def test_resume_with_another_model_is_refused(cli_inputs, cli_output, model_dir,
     assert tree(cli_output) == before
 
 
-def test_train_dgean_lateral_trains_on_the_anisotropic_stack(cli_inputs):
-    """--lateral: the naive baseline straight from the anisotropic input; --isotropic with it is one error."""
+def test_train_naive_lateral_trains_on_the_anisotropic_stack(cli_inputs, tmp_path):
+    """--method naive-lateral: the naive baseline straight from the anisotropic input; a method that needs no
+    training is one error."""
     model = os.path.join(cli_inputs["dir"], "lateral")
-    res = run("train-dgean", cli_inputs["aniso"], model, "--factor", 4, "--config", "tiny", "--steps", 2,
-              "--lateral", cwd=cli_inputs["dir"])
+    recipe = write_recipe(tmp_path / "steps2.yaml", train={"steps": 2})
+    res = run("train", cli_inputs["aniso"], model, "--method", "naive-lateral", "--factor", 4, "--recipe", recipe,
+              "--device", "cpu", cwd=cli_inputs["dir"])
     assert res.returncode == 0, res.stderr
     with open(os.path.join(model, "config.json")) as f:
         config = json.load(f)
     assert config["sampling"] == "lateral" and config["isotropic"] is False
     assert config["source"]["shape"] == [33, 64, 64] and config["source"]["sampling"] == "lateral"
-    line = error_line(run("train-dgean", cli_inputs["aniso"], model + "2", "--factor", 4, "--lateral",
-                          "--isotropic"))
-    assert "--lateral and --isotropic exclude each other" in line
+    line = error_line(run("train", cli_inputs["aniso"], model + "2", "--method", "cubic", "--factor", 4))
+    assert "method 'cubic' needs no training; methods to train: dgean, sup-dgean, naive-lateral" in line
+    assert not os.path.exists(model + "2")
 
 
 def test_gpu_layout_when_the_user_gives_none(monkeypatch, source, model_dir):

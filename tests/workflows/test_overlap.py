@@ -10,12 +10,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import zarr
+from tiny_recipes import dgean_tiny
 
 from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import get_method, upsample_array
 from isovol.pipeline.methods.dgean.method import DGEANMethod
+from isovol.pipeline.methods.dgean.trainer import train_dgean
 from isovol.pipeline.methods.interp import Interpolation
-from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
 from isovol.workflows import executor
 from isovol.workflows import upsample as up
 from isovol.workflows.bookkeeping import Bookkeeper
@@ -68,7 +69,7 @@ def test_pipelined_blocks_equal_serial_blocks_and_the_single_call(client, source
 
 
 def test_pipelined_dgean_equals_serial_dgean(client, source, tmp_path, crop):
-    mcfg, tcfg = resolve_recipe("tiny")
+    mcfg, tcfg = dgean_tiny()
     model = str(tmp_path / "model")
     train_dgean(crop[:64, :64, :64], model, 8, isotropic=True, model_config=replace(mcfg, out_init_scale=1.0),
                 train=replace(tcfg, steps=1, val_windows=2, val_every=1, ckpt_every=1), device="cpu",

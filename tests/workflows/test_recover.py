@@ -1,7 +1,7 @@
-"""D2R Stage II through the real executor and the ``isovol recover`` command: any block layout on the tile grid
-gives the single call's voxels, other layouts stay within a stated bound; a region is recovered with its
-offset in the metadata and its settings in the provenance, train-dgean accepts the result, resume skips or
-refuses; unusable requests are one clear error and create nothing."""
+"""D2R Stage II through the real executor and ``isovol upsample --method d2r-prior --model PRIOR --option ...``:
+any block layout on the tile grid gives the single call's voxels, other layouts stay within a stated bound; a
+region is recovered with its offset in the metadata and its settings in the provenance, ``isovol train --method
+dgean`` accepts the result, resume skips or refuses; unusable requests are one clear error and create nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import error_line, read_output, tree
+from clirun import error_line, read_output, tree, write_recipe
 from clirun import run_isovol as run
 
 from isovol.pipeline.errors import InputError
@@ -66,7 +66,7 @@ def blockwise(tmp_path_factory, client, source, prior_dir, volume):
     def get(block: tuple[int, int, int]) -> np.ndarray:
         if block not in cache:
             out = tmp_path_factory.mktemp("blockwise") / "out.ome.zarr"
-            req = UpsampleRequest(input=source, output=str(out), factor=R, method="d2r-recover", model=prior_dir,
+            req = UpsampleRequest(input=source, output=str(out), factor=R, method="d2r-prior", model=prior_dir,
                                   method_options={"factor": R, **OPTS}, block_shape=block, progress=False)
             summary = upsample(req, client=client)
             assert summary.ok and summary.failed == {}
@@ -149,15 +149,20 @@ def inputs(tmp_path_factory, crop) -> dict[str, str]:
     return {"dir": str(d), "aniso": aniso, "flat": flat}
 
 
+def options(**kw) -> list:
+    """``--option KEY=VALUE`` for each setting of the prior recovery."""
+    return [a for k, v in kw.items() for a in ("--option", f"{k}={v}")]
+
+
 def recover_args(inputs, prior_dir, out, *extra) -> list:
-    return ["recover", inputs["aniso"], out, "--prior", prior_dir, "--region", REGION, "--tile", TILE,
-            "--margin", MARGIN, "--steps", STEPS, "--workers", 1, "--no-progress", *extra]
+    return ["upsample", inputs["aniso"], out, "--factor", R, "--method", "d2r-prior", "--model", prior_dir,
+            "--region", REGION, *options(sampler="fast", **OPTS), "--workers", 1, "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")
 def recovered(inputs, prior_dir) -> dict[str, object]:
     out = os.path.join(inputs["dir"], "pseudo.ome.zarr")
-    res = run(*recover_args(inputs, prior_dir, out, "--seed", 3), cwd=inputs["dir"])
+    res = run(*recover_args(inputs, prior_dir, out, *options(seed=3)), cwd=inputs["dir"])
     assert res.returncode == 0, res.stderr
     return {"out": out, "stderr": res.stderr}
 
@@ -182,12 +187,12 @@ def test_recover_a_region_writes_an_ome_zarr_with_offset_and_provenance(recovere
     assert transforms["translation"] == [o + k * v for o, k, v in zip(ORIGIN, OFFSET, VOXEL)] == [1160, 2160, 3320]
     prov = attrs["isovol"]
     weights_hash = hashlib.sha256(Path(prior_dir, "model.safetensors").read_bytes()).hexdigest()
-    assert prov["method"] == "d2r-recover" and prov["factor"] == R and prov["model_hash"] == weights_hash
-    assert prov["method_config"] == {"name": "d2r-recover", "model_hash": weights_hash, "sampler": "fast",
+    assert prov["method"] == "d2r-prior" and prov["factor"] == R and prov["model_hash"] == weights_hash
+    assert prov["method_config"] == {"name": "d2r-prior", "model_hash": weights_hash, "sampler": "fast",
                                      "steps": STEPS, "t_start": None, "seed": 3, "tile": TILE, "margin": MARGIN,
                                      "fusion": "mean", "precision": "fp32"}
     assert prov["input_shape"] == [5, 64, 64] and prov["input_voxel_size_nm"] == list(VOXEL)
-    assert "--region 2:7,16:80,32:96" in prov["command"] and "--seed 3" in prov["command"]
+    assert "--region 2:7,16:80,32:96" in prov["command"] and "--option seed=3" in prov["command"]
     with open(os.path.join(out, ".isovol", "run.json")) as f:
         record = json.load(f)
     assert record["components"]["input"]["region"] == [[2, 7], [16, 80], [32, 96]]
@@ -196,7 +201,8 @@ def test_recover_a_region_writes_an_ome_zarr_with_offset_and_provenance(recovere
 @pytest.fixture(scope="module")
 def dgean_trained(recovered, inputs) -> tuple[subprocess.CompletedProcess, str]:
     model = os.path.join(inputs["dir"], "dgean")
-    res = run("train-dgean", recovered["out"], model, "--factor", R, "--config", "tiny", "--steps", 5,
+    recipe = write_recipe(os.path.join(inputs["dir"], "steps5.yaml"), train={"steps": 5})
+    res = run("train", recovered["out"], model, "--method", "dgean", "--factor", R, "--recipe", recipe,
               "--device", "cpu", cwd=inputs["dir"])
     return res, model
 
@@ -204,15 +210,16 @@ def dgean_trained(recovered, inputs) -> tuple[subprocess.CompletedProcess, str]:
 def test_train_dgean_accepts_the_recovered_volume(dgean_trained):
     res, model = dgean_trained
     assert res.returncode == 0, res.stderr
-    assert res.stderr.strip().splitlines()[-1].startswith("isovol: trained 5 steps in "), res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("isovol: train: dgean ran "), res.stderr
     with open(os.path.join(model, "config.json")) as f:
-        assert json.load(f)["kind"] == "dgean"
+        config = json.load(f)
+    assert config["kind"] == "dgean" and config["step"] == 5 and config["source"]["shape"] == [4 * R + 1, 64, 64]
     assert os.path.exists(os.path.join(model, "model.safetensors"))
 
 
 def test_resume_of_the_finished_output_skips_everything(recovered, inputs, prior_dir):
     before = {k: v for k, v in tree(recovered["out"]).items() if k.startswith("0/")}
-    res = run(*recover_args(inputs, prior_dir, recovered["out"], "--seed", 3, "--resume"), cwd=inputs["dir"])
+    res = run(*recover_args(inputs, prior_dir, recovered["out"], *options(seed=3), "--resume"), cwd=inputs["dir"])
     assert res.returncode == 0, res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("isovol: 1 blocks: 0 done, 1 skipped"), res.stderr
     assert {k: v for k, v in tree(recovered["out"]).items() if k.startswith("0/")} == before
@@ -220,7 +227,7 @@ def test_resume_of_the_finished_output_skips_everything(recovered, inputs, prior
 
 def test_resume_with_another_seed_is_refused(recovered, inputs, prior_dir):
     before = tree(recovered["out"])
-    res = run(*recover_args(inputs, prior_dir, recovered["out"], "--seed", 4, "--resume"), cwd=inputs["dir"])
+    res = run(*recover_args(inputs, prior_dir, recovered["out"], *options(seed=4), "--resume"), cwd=inputs["dir"])
     line = error_line(res)
     assert "cannot resume" in line and "method.seed: 3 -> 4" in line and "--overwrite" in line
     assert tree(recovered["out"]) == before
@@ -230,7 +237,7 @@ def test_resume_with_another_seed_is_refused(recovered, inputs, prior_dir):
 def test_bad_requests_are_one_error_line_and_create_nothing(request, case, inputs, prior_dir):
     d = Path(inputs["dir"])
     out = d / f"bad-{case}.ome.zarr"
-    src, prior, extra = inputs["aniso"], prior_dir, []
+    src, prior, factor, extra = inputs["aniso"], prior_dir, R, []
     expect = {
         "factor": "the prior in .* was trained at factor 8, not 4",
         "region": "--region z range 0:40 lies outside the volume",
@@ -238,18 +245,18 @@ def test_bad_requests_are_one_error_line_and_create_nothing(request, case, input
         "no-prior": "prior directory not found",
         "dgean": "does not hold a Stage I prior .*'dgean'",
         "garbage": "is not valid JSON",
-        "sampler": "Invalid value for '--sampler'",
+        "sampler": "sampler: unknown sampler 'ddim'; choose one of",
         "steps": "at most 10 steps",
     }[case]
     if case == "factor":
-        extra = ["--factor", 4]
+        factor = 4
     elif case == "region":
         extra = ["--region", "0:40,:,:"]
     elif case == "flat":
         src = inputs["flat"]
     elif case == "no-prior":
         prior = str(d / "no-such-prior")
-    elif case == "dgean":  # a real DGEAN model directory, as train-dgean leaves it
+    elif case == "dgean":  # a real DGEAN model directory, as `isovol train --method dgean` leaves it
         prior = request.getfixturevalue("dgean_trained")[1]
     elif case == "garbage":
         garbage = d / "garbage-prior"
@@ -258,11 +265,11 @@ def test_bad_requests_are_one_error_line_and_create_nothing(request, case, input
         (garbage / "model.safetensors").write_bytes(np.random.default_rng(1).bytes(256))
         prior = str(garbage)
     elif case == "sampler":
-        extra = ["--sampler", "ddim"]
+        extra = options(sampler="ddim")
     else:
-        extra = ["--steps", 11]
-    args = ["recover", src, out, "--prior", prior, "--tile", TILE, "--margin", MARGIN, "--workers", 1,
-            "--no-progress", *extra]
+        extra = options(steps=11)
+    args = ["upsample", src, out, "--factor", factor, "--method", "d2r-prior", "--model", prior,
+            *options(tile=TILE, margin=MARGIN), "--workers", 1, "--no-progress", *extra]
     line = error_line(run(*args, cwd=d))
     assert re.search(expect, line), line
     assert not out.exists()
@@ -277,10 +284,10 @@ def test_a_dgean_model_is_not_a_prior_for_the_api_either(dgean_trained):
 
 
 def test_upsample_with_a_prior_of_another_factor_refuses_before_the_output(tmp_path, client, source, prior_dir):
-    """``isovol upsample --method d2r-recover --model PRIOR --factor 4`` passes no factor to the method: the
+    """``isovol upsample --method d2r-prior --model PRIOR --factor 4`` passes no factor to the method: the
     request is refused up front, not by every block after the output was created."""
     out = tmp_path / "out.ome.zarr"
-    req = UpsampleRequest(input=source, output=str(out), factor=4, method="d2r-recover", model=prior_dir,
+    req = UpsampleRequest(input=source, output=str(out), factor=4, method="d2r-prior", model=prior_dir,
                           method_options=dict(OPTS), progress=False)
     with pytest.raises(InputError, match="trained at factor 8, not 4"):
         upsample(req, client=client)
@@ -300,7 +307,7 @@ def test_bad_api_requests_raise_input_error_and_create_nothing(tmp_path, client,
     else:
         kw["method_options"] = {"factor": 4, **OPTS}
         match = "trained at factor 8, not 4"
-    req = UpsampleRequest(output=str(out), factor=R, method="d2r-recover", model=prior_dir, progress=False, **kw)
+    req = UpsampleRequest(output=str(out), factor=R, method="d2r-prior", model=prior_dir, progress=False, **kw)
     with pytest.raises(InputError, match=match):
         upsample(req, client=client)
     assert not out.exists()
@@ -311,7 +318,7 @@ def test_a_uint16_input_on_a_uint8_prior_is_refused_before_the_output(tmp_path, 
     src = tmp_path / "u16.ome.zarr"
     write_image(str(src), volume.astype(np.uint16) * 257, VOXEL)
     out = tmp_path / "out.ome.zarr"
-    req = UpsampleRequest(input=str(src), output=str(out), factor=R, method="d2r-recover", model=prior_dir,
+    req = UpsampleRequest(input=str(src), output=str(out), factor=R, method="d2r-prior", model=prior_dir,
                           method_options=dict(OPTS), progress=False)
     with pytest.raises(InputError, match=r"trained on values 0\.\.255, the input is uint16"):
         upsample(req, client=client)
