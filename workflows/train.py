@@ -141,7 +141,7 @@ def run_train(input_url: str, model_dir: str, factor: int, *, method: str = DEFA
     if any(isinstance(s, BlockwiseStage) for s in stages):
         check_cluster(cluster, cluster_config, scheduler)  # a bad cluster config fails now, not after the first stage
     vol = open_volume(input_url, dict(storage_options or {}), voxel_size)
-    box = training_region(vol, input_url, region, factor, entry.training)
+    box, where = training_region(vol, input_url, region, factor, entry.training)
     inp = {"url": strip_url(input_url), "shape": list(vol.shape), "dtype": str(vol.dtype),
            "voxel_size": list(vol.voxel_size) if vol.voxel_size else None}
     reg = [[b.start, b.stop] for b in box]
@@ -154,6 +154,7 @@ def run_train(input_url: str, model_dir: str, factor: int, *, method: str = DEFA
     state = _load_state(model_dir)
     if state is not None and restart_from is None:
         _check_state(state, method, stages, settings, ids, model_dir)
+    log.info("%s", where)
     created = not os.path.isdir(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     state = state or {"stages": {}}
@@ -210,12 +211,13 @@ def _run_stages(stages: list[Stage], state: dict[str, Any], settings: dict[str, 
         if deadline is not None and deadline - time.time() < _room(s):
             log.info("%s: paused before it (less than %.0f s left before the deadline)", s.title, _room(s))
             return report, validation, s.name
-        if st is None:
+        resumed = st is not None  # recorded by a run killed or paused in it (maybe before its clock first ticked)
+        if not resumed:
             _remove_outputs(model_dir, stages, s.name)  # what a killed restart or an interrupted run left behind
         state["stages"][s.name] = st = {"hash": ids[s.name], "settings": settings[s.name], "done": False,
                                         "seconds": (st or {}).get("seconds", 0.0)}
         _save_state(model_dir, state)
-        log.info("%s: %s", s.title, "resuming" if st["seconds"] else "starting")
+        log.info("%s: %s", s.title, "resuming" if resumed else "starting")
         t0, base = time.perf_counter(), st["seconds"]
         with _clock(model_dir, state, st, base):
             result = run_stage(s, stages[i - 1] if i else None, run)

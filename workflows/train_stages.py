@@ -63,27 +63,28 @@ def region_text(box: tuple[slice, slice, slice]) -> str:
 
 
 def training_region(vol: Any, url: str, region: str | None, factor: int,
-                    training: Training) -> tuple[slice, slice, slice]:
+                    training: Training) -> tuple[tuple[slice, slice, slice], str]:
     """``--region``, else the default: about 256^3 output voxels of an anisotropic stack, or all of a
-    (pseudo-)isotropic volume that fits in memory."""
+    (pseudo-)isotropic volume that fits in memory; returns the box and a line saying which (logged by the caller
+    once the request is accepted, so a refused one stays one error line)."""
     name = f"{strip_url(url)} {tuple(vol.shape)}"
     if region:
         box = parse_region(region, vol.shape)
-        log.info("training region %s of %s", region_text(box), name)
+        note = f"training region {region_text(box)} of {name}"
     elif training.trains_on == ISOTROPIC:
         box = parse_region(None, vol.shape)
         nbytes = int(np.prod(vol.shape)) * vol.dtype.itemsize
         if nbytes > MAX_TRAIN_BYTES:
             raise InputError(f"{strip_url(url)} is {nbytes / 2**30:.1f} GiB; choose a training --region")
-        log.info("no --region given: training on the whole of %s", name)
+        note = f"no --region given: training on the whole of {name}"
     else:
         box, cut = default_region(vol.shape, factor)
-        log.info("no --region given: training on %s", f"the centred region {region_text(box)} of {name} (output "
-                 f"about 256^3 voxels)" if cut else f"the whole of {name}")
+        note = "no --region given: training on " + (f"the centred region {region_text(box)} of {name} (output "
+                                                    f"about 256^3 voxels)" if cut else f"the whole of {name}")
     slices = box[0].stop - box[0].start
     if slices < training.min_slices:
         raise InputError(f"the region has {slices} Z slice(s); this method needs at least {training.min_slices}")
-    return box
+    return box, note
 
 
 def run_stage(stage: Stage, previous: Stage | None, run: dict[str, Any]) -> dict[str, Any]:
