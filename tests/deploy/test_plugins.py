@@ -8,13 +8,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import zarr
+from tiny_recipes import dgean_tiny, prior_tiny
 
 from isovol.deploy.local import cluster_client
 from isovol.deploy.plugins import NAME, ModelPlugin, worker_stats
 from isovol.pipeline.io.omezarr import write_image
 from isovol.pipeline.methods import cache, upsample_array
 from isovol.pipeline.methods.dgean.method import DGEANMethod
-from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
+from isovol.pipeline.methods.dgean.trainer import train_dgean
 from isovol.workflows.demo_data import load_crop
 from isovol.workflows.upsample import UpsampleRequest, upsample
 
@@ -23,7 +24,7 @@ R = 8
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    mcfg, tcfg = resolve_recipe("tiny")
+    mcfg, tcfg = dgean_tiny()
     path = str(tmp_path_factory.mktemp("dgean") / "model")
     train_dgean(load_crop()[0][:64, :64, :64], path, R, isotropic=True, model_config=mcfg,
                 train=replace(tcfg, steps=1, val_windows=2, val_every=1, ckpt_every=1), device="cpu",
@@ -102,10 +103,9 @@ def test_gpu_memory_is_released_after_block_tasks_only_when_cuda_is_in_use(monke
 
 def test_the_stage_two_prior_loads_once_per_worker_too(tmp_path):
     """Stage II's prior takes the worker's cached copy as DGEAN does: one load for all blocks of two runs."""
-    from isovol.pipeline.methods.d2r_prior.trainer import resolve_recipe as prior_recipe
     from isovol.pipeline.methods.d2r_prior.trainer import train_prior
 
-    mcfg, sde, tcfg = prior_recipe("tiny")
+    mcfg, sde, tcfg = prior_tiny()
     prior = str(tmp_path / "prior")
     volume = np.ascontiguousarray(load_crop()[0][:33:R, :32, :32])  # (5, 32, 32) -> (33, 32, 32)
     train_prior(volume, prior, R, model_config=mcfg, sde=sde, device="cpu", log=lambda _: None,
@@ -116,7 +116,7 @@ def test_the_stage_two_prior_loads_once_per_worker_too(tmp_path):
     with cluster_client(1, processes=False) as client:
         for run in range(2):
             req = UpsampleRequest(input=src, output=str(tmp_path / f"o{run}.ome.zarr"), factor=R,
-                                  method="d2r-recover", model=prior, method_options=options,
+                                  method="d2r-prior", model=prior, method_options=options,
                                   block_shape=(16, 16, 32), progress=False)
             assert upsample(req, client=client).ok
         (stats,) = worker_stats(client).values()

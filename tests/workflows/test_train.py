@@ -11,18 +11,16 @@ import shutil
 import signal
 import subprocess
 import time
-from importlib.resources import files
 
 import numpy as np
 import pytest
-import yaml
-from clirun import ISOVOL, error_line, tree
+from clirun import ISOVOL, error_line, tree, write_recipe
 from clirun import ONE_THREAD as ENV
 from clirun import run_isovol as run
 from test_golden import GOLDEN, level0_sha256, tensors_sha256, torch_golden_skip_reason
 
 from isovol.pipeline.io.omezarr import write_image
-from isovol.workflows.train import default_region
+from isovol.workflows.train_stages import default_region
 
 R = 8
 
@@ -131,10 +129,7 @@ def test_changed_stage_refuses_restart_and_kills_resume(trained, source, tmp_pat
     model = str(tmp_path / "model")
     shutil.copytree(trained[0], model)  # copy2: mtimes kept
     prior_files = tree(os.path.join(model, "prior"))
-    recipe = yaml.safe_load(files("isovol.workflows").joinpath("recipes", "cpu-tiny.yaml").read_text())
-    recipe["recover"]["seed"] = 1
-    path = tmp_path / "seed1.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path = write_recipe(tmp_path / "seed1.yaml", recover={"seed": 1})
     args = ["train", source, model, "--factor", R, "--recipe", path, "--workers", 2]
 
     line = error_line(run(*args))
@@ -180,7 +175,9 @@ def test_a_kill_while_a_restart_deletes_leaves_stages_that_start_afresh(trained,
     real = os.remove
 
     def killed(path):
-        raise KeyboardInterrupt  # the first file of the published model: Stage II's output is already gone
+        if path.endswith("model.safetensors"):
+            raise KeyboardInterrupt  # the published weights: its config.json is already gone
+        real(path)
 
     monkeypatch.setattr(os, "remove", killed)
     with pytest.raises(KeyboardInterrupt):
@@ -188,8 +185,10 @@ def test_a_kill_while_a_restart_deletes_leaves_stages_that_start_afresh(trained,
     monkeypatch.setattr(os, "remove", real)
     state = json.load(open(os.path.join(model, "train.json")))
     assert set(state["stages"]) == {"prior"} and state["restart"]["stage"] == "recover"
-    assert os.path.exists(os.path.join(model, "model.safetensors")) and not os.path.exists(
-        os.path.join(model, "pseudo.ome.zarr"))
+    assert not os.path.exists(os.path.join(model, "config.json")), "a half-deleted model is never loadable"
+    # the files of the restarted stages are still there, but no longer marked done
+    assert os.path.exists(os.path.join(model, "model.safetensors"))
+    assert os.path.exists(os.path.join(model, "pseudo.ome.zarr", "zarr.json"))
     result = train.run_train(source, model, R, recipe="cpu-tiny", workers=1, processes=False)
     assert {s: r["ran"] for s, r in result["stages"].items()} == {"prior": False, "recover": True, "dgean": True}
     assert "restart" not in json.load(open(os.path.join(model, "train.json")))
@@ -229,25 +228,28 @@ def test_default_region_is_about_256_cubed():
 
 
 def test_bundled_recipes_resolve_and_unknown_keys_are_refused(tmp_path):
+    """The D2R recipes `isovol train` reads (every method's book: tests/pipeline/methods/test_recipes.py)."""
     from isovol.pipeline.errors import InputError
-    from isovol.workflows.train import load_recipe, recipe_names, resolve
+    from isovol.pipeline.methods import registry
+    from isovol.workflows.train import recipe_names
 
-    assert recipe_names() == ["cpu-demo", "cpu-tiny", "gpu-default"]
-    demo = resolve(load_recipe("cpu-demo")[1])[0]
+    assert recipe_names() == ["cpu-tiny", "cpu-demo", "gpu-default"]
+    book = registry.trainable("d2r").training.book
+    demo = book.load("cpu-demo")[1].to_dict()
     assert demo["prior"]["sde"]["prediction"] == "x0" and demo["recover"]["t_start"] <= demo["prior"]["train"]["t_max"]
-    gpu = resolve(load_recipe("gpu-default")[1])[0]
+    gpu = book.load("gpu-default")[1].to_dict()
     assert gpu["recover"]["steps"] == 5 and gpu["prior"]["train"]["max_minutes"] == 4
     assert gpu["dgean"]["train"]["max_minutes"] == 10
-    spec = load_recipe("cpu-tiny")[1]
+    spec = book.load("cpu-tiny")[1].to_dict()
+    path = tmp_path / "bad.yaml"
     for bad in ({**spec, "extra": {}}, {**spec, "recover": {**spec["recover"], "sed": 1}},
                 {k: v for k, v in spec.items() if k != "dgean"}):
-        path = tmp_path / "bad.yaml"
-        path.write_text(yaml.safe_dump(bad))
+        write_recipe(path, None, **bad)
         with pytest.raises(InputError):
-            load_recipe(str(path))
-    late = {**spec, "prior": {**spec["prior"], "train": {**spec["prior"]["train"], "t_max": 20}}}
+            book.load(str(path))
+    write_recipe(path, prior={"train": {"t_max": 20}})
     with pytest.raises(InputError, match="recover starts at t=25 but the prior trains on t <= 20 only"):
-        resolve(late)
+        book.load(str(path))
 
 
 def test_cluster_options_reach_stage_two(tmp_path, source, monkeypatch):
@@ -255,7 +257,8 @@ def test_cluster_options_reach_stage_two(tmp_path, source, monkeypatch):
     from click.testing import CliRunner
 
     from isovol.pipeline.errors import InputError
-    from isovol.workflows import train, upsample
+    from isovol.pipeline.methods.d2r_prior import trainer
+    from isovol.workflows import upsample
     from isovol.workflows.cli import cli
 
     seen: dict[str, object] = {}
@@ -264,14 +267,18 @@ def test_cluster_options_reach_stage_two(tmp_path, source, monkeypatch):
         seen.update(cluster=req.cluster, cluster_config=req.cluster_config, method=req.method)
         raise InputError("stopped before any block ran")
 
-    monkeypatch.setattr(train, "_stage_prior", lambda *a, **k: not seen.setdefault("prior", True))  # not paused
+    def fake_prior(*args, **kwargs):  # Stage I done at once
+        seen["prior"] = True
+        return {"finished": True, "history": [{}]}
+
+    monkeypatch.setattr(trainer, "train_prior", fake_prior)
     monkeypatch.setattr(upsample, "upsample", fake_upsample)
     cfg = tmp_path / "slurm.yaml"
     cfg.write_text("jobs: 3\n")
     res = CliRunner().invoke(cli, ["train", source, str(tmp_path / "m"), "--factor", str(R), "--recipe", "cpu-tiny",
                                    "--cluster", "slurm", "--cluster-config", str(cfg)])
     assert "stopped before any block ran" in str(res.exception)
-    assert seen == {"prior": True, "cluster": "slurm", "cluster_config": str(cfg), "method": "d2r-recover"}
+    assert seen == {"prior": True, "cluster": "slurm", "cluster_config": str(cfg), "method": "d2r-prior"}
 
     seen.clear()
     cfg.write_text("jbos: 3\n")
@@ -300,10 +307,8 @@ def test_a_deadline_pauses_inside_stage_one_and_a_rerun_finishes_it_within_its_b
     front); the rerun resumes it and its time budget counts both runs."""
     from isovol.workflows import train as train_mod
 
-    spec = yaml.safe_load(files("isovol.workflows").joinpath("recipes", "cpu-tiny.yaml").read_text())
-    spec["prior"]["train"].update(steps=10**6, max_minutes=0.05, ckpt_every=10**6, val_every=10**6)
-    recipe = tmp_path / "long-prior.yaml"
-    recipe.write_text(yaml.safe_dump(spec))
+    recipe = write_recipe(tmp_path / "long-prior.yaml", prior={"train": {"steps": 10**6, "max_minutes": 0.05,
+                                                                         "ckpt_every": 10**6, "val_every": 10**6}})
     monkeypatch.setattr(train_mod, "_room", lambda stage: 0.0)  # start Stage I however close the deadline is
     model = str(tmp_path / "m")
     first = train_mod.run_train(source, model, R, recipe=str(recipe), workers=1, deadline=time.time() + 1.0,
@@ -322,6 +327,7 @@ def test_a_deadline_pauses_inside_stage_one_and_a_rerun_finishes_it_within_its_b
 
 def test_a_killed_stage_keeps_the_time_it_ran(tmp_path, source, monkeypatch):
     """train.json holds a running stage's seconds as it goes, so a killed run's time still counts in the report."""
+    from isovol.pipeline.methods.d2r_prior import trainer
     from isovol.workflows import train
 
     model = str(tmp_path / "model")
@@ -338,7 +344,7 @@ def test_a_killed_stage_keeps_the_time_it_ran(tmp_path, source, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "CLOCK_S", 0.01)
-    monkeypatch.setattr(train, "_stage_prior", killed_once_the_clock_has_saved)
+    monkeypatch.setattr(trainer, "train_prior", killed_once_the_clock_has_saved)
     with pytest.raises(KeyboardInterrupt):
         train.run_train(source, model, R, recipe="cpu-tiny", workers=1, processes=False)
     first = saved_seconds()
