@@ -10,9 +10,10 @@ the ground truth, Hann-windowed, threshold 0.5, resolution = period 1 / f at the
 0.143 / half-bit (criteria for two noisy half-maps, not for a comparison with truth) or an axial-only curve:
 it is what the paper and the evaluation protocol (docs/evaluate.md) name, and on FlyEM it is calibrated where
 it matters (a +2.4 dB reconstruction reaches about 47 nm).  Decimating Z by r keeps only |k_z| < 1 / (2 r dz);
-aliased energy fills the rest of every shell, so interpolation's curve is about k0 / |k| and crosses 0.5 near |k| = 1 / (r dz): 80 nm
-at r = 8 on 10 nm data (cubic measures 76 nm), the "80 nm degraded axial resolution" of the paper.  The axial
-curve (``axial=True``) is reported beside it as a diagnostic.  docs/evaluate.md has the measurements.
+aliased energy fills the rest of every shell, so interpolation's curve is about k0 / |k| and crosses 0.5 near
+|k| = 1 / (r dz): 80 nm at r = 8 on 10 nm data (cubic measures 76 nm), the "80 nm degraded axial resolution" of
+the paper.  The axial curve (``axial=True``) is reported beside it as a diagnostic.  docs/evaluate.md has the
+measurements.
 """
 
 from __future__ import annotations
