@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from isovol.pipeline.degrade import decimate_z
-from isovol.pipeline.methods import get_method, upsample_array
+from isovol.pipeline.methods import d2r_prior, dgean, get_method, upsample_array
 from isovol.pipeline.methods.d2r_prior.method import PriorRecovery
-from isovol.pipeline.metrics import fsc, fsc_resolution, plane_scores
 from isovol.pipeline.methods.d2r_prior.samplers import network_calls
-from isovol.pipeline.trainers import dgean as dgean_trainer
-from isovol.pipeline.trainers import prior as prior_trainer
+from isovol.pipeline.methods.d2r_prior.trainer import train_prior
+from isovol.pipeline.methods.dgean.trainer import train_dgean
+from isovol.pipeline.metrics import fsc, fsc_resolution, plane_scores
 
 
 def log(msg: str) -> None:
@@ -88,7 +88,7 @@ def main() -> int:
     low, n = decimate_z(gt, r)
     ref = gt[:n]
     work = tempfile.mkdtemp(prefix="isovol-d2r-")
-    recipe = "tiny" if args.quick else "default"
+    recipe = "cpu-tiny" if args.quick else "gpu-default"  # the presets of the d2r-prior and DGEAN recipe books
     log(f"# D2R Stage I-II evidence, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     log(f"device: {torch.cuda.get_device_name(0) if device == 'cuda' else platform.processor() or 'cpu'}; "
         f"torch {torch.__version__}; input {low.shape} (every {r}th slice of {gt.shape}), no ground truth used")
@@ -100,15 +100,16 @@ def main() -> int:
         log(f"\nStage I: skipped, using the prior in {prior_dir}")
     else:
         prior_dir = os.path.join(work, "prior")
-        mcfg, sde, tcfg = prior_trainer.resolve_recipe(recipe)
-        sde = {**sde, "prediction": args.prediction}
+        prior_recipe = d2r_prior.BOOK.load(recipe)[1]
+        mcfg, tcfg = prior_recipe.model, prior_recipe.train
+        sde = {**prior_recipe.sde, "prediction": args.prediction}
         tcfg.t_max = args.t_max if args.t_max is not None else (50 if args.prediction == "x0" else None)
         tcfg.max_minutes = args.prior_minutes
         if args.quick:
             tcfg.steps = 20
         t0 = time.perf_counter()
-        res = prior_trainer.train_prior(low, prior_dir, r, model_config=mcfg, train=tcfg, sde=sde, device=device,
-                                        source={"name": "flyem training_sample1, every 8th slice"}, log=log)
+        res = train_prior(low, prior_dir, r, model_config=mcfg, train=tcfg, sde=sde, device=device,
+                          source={"name": "flyem training_sample1, every 8th slice"}, log=log)
         stage1 = time.perf_counter() - t0
         log(f"\nStage I: {res['steps']} steps in {stage1:.0f} s ({args.prediction} prediction, "
             f"t <= {tcfg.t_max or sde.get('T', 100)})")
@@ -149,13 +150,14 @@ def main() -> int:
 
     if args.stage3:
         model_dir = os.path.join(work, "d2r-dgean")
-        dm, dt = dgean_trainer.resolve_recipe(recipe)
+        dgean_recipe = dgean.BOOK.load(recipe)[1]
+        dm, dt = dgean_recipe.model, dgean_recipe.train
         dt.max_minutes = args.stage3_minutes
         if args.quick:
             dt.steps = 10
         t0 = time.perf_counter()
-        dgean_trainer.train_dgean(pseudo, model_dir, r, isotropic=False, model_config=dm, train=dt, device=device,
-                                  source={"name": "pseudo-isotropic Stage II volume"}, log=lambda s: None)
+        train_dgean(pseudo, model_dir, r, isotropic=False, model_config=dm, train=dt, device=device,
+                    source={"name": "pseudo-isotropic Stage II volume"}, log=lambda s: None)
         stage3 = time.perf_counter() - t0
         out = upsample_array(low, r, get_method("dgean", model=model_dir, device=device))
         rows["D2R-DGEAN"] = score(ref, out, r)

@@ -19,8 +19,8 @@ import torch
 from isovol.pipeline.degrade import decimate_z
 from isovol.pipeline.methods import get_method, upsample_array
 from isovol.pipeline.methods.d2r_prior.method import PriorRecovery
+from isovol.pipeline.methods.d2r_prior.trainer import PriorTrainConfig, nafnet_config, train_prior
 from isovol.pipeline.metrics import plane_scores
-from isovol.pipeline.methods.d2r_prior.trainer import PriorTrainConfig, _model_config, train_prior
 from isovol.workflows.demo_data import load_crop
 
 #: a NAFNet between the presets `tiny` (0.03 M parameters, too small to learn) and `small` (5 M, too slow here)
@@ -47,11 +47,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for minutes in args.minutes:
         with tempfile.TemporaryDirectory() as d:
-            cfg = PriorTrainConfig.from_dict({"steps": 10**6, "batch": 8, "patch": 65, "lr": 2e-3, "warmup": 50,
-                                              "ema": 0.99, "t_max": 50, "val_every": 10**6, "ckpt_every": 10**6,
-                                              "val_patches": 2, "val_timesteps": 1, "val_restore": 0,
-                                              "max_minutes": minutes})
-            res = train_prior(low, d, args.factor, model_config=_model_config(MODEL), train=cfg, device="cpu",
+            cfg = PriorTrainConfig(steps=10**6, batch=8, patch=65, lr=2e-3, warmup=50, ema=0.99, t_max=50,
+                                   val_every=10**6, ckpt_every=10**6, val_patches=2, val_timesteps=1, val_restore=0,
+                                   max_minutes=minutes)
+            res = train_prior(low, d, args.factor, model_config=nafnet_config(MODEL), train=cfg, device="cpu",
                               sde={"prediction": args.prediction}, log=lambda s: None)
             t = time.perf_counter()
             method = PriorRecovery(d, sampler="fast", steps=args.steps, t_start=50, tile=64, margin=8, batch=64)

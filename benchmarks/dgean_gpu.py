@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from isovol.pipeline.degrade import decimate_z
-from isovol.pipeline.methods import get_method, upsample_array
+from isovol.pipeline.methods import dgean, get_method, upsample_array
+from isovol.pipeline.methods.dgean.trainer import train_dgean
 from isovol.pipeline.metrics import fsc, fsc_resolution, plane_scores
-from isovol.pipeline.methods.dgean.trainer import resolve_recipe, train_dgean
 
 
 def log(msg: str) -> None:
@@ -105,7 +105,9 @@ def main() -> int:
     ap.add_argument("--data", default="devdata")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
     ap.add_argument("--train-minutes", type=float, default=5.0)
-    ap.add_argument("--recipe", default="default")
+    ap.add_argument("--recipe", default="gpu-default",
+                    help="a DGEAN recipe: a preset (cpu-tiny, cpu-demo, gpu-default) or a YAML file "
+                         "[gpu-default; cpu-tiny with --quick]")
     ap.add_argument("--factor", type=int, default=8)
     ap.add_argument("--e2e-size", type=int, default=2048)
     ap.add_argument("--quick", action="store_true", help="tiny model, small data: a CPU check of the path")
@@ -119,12 +121,13 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     s1 = np.load(os.path.join(args.data, "training_sample1_zyx_uint8.npy"))
     s2 = np.load(os.path.join(args.data, "training_sample2_zyx_uint8.npy"))
-    recipe = "tiny" if args.quick else args.recipe
+    recipe = "cpu-tiny" if args.quick else args.recipe
     if args.quick:
         s1, s2 = s1[:65, :96, :96], s2[:97, :96, :96]
     work = tempfile.mkdtemp(prefix="isovol-bench-")
     model_dir = os.path.join(work, "sup-dgean")
-    mcfg, tcfg = resolve_recipe(recipe)
+    rec = dgean.BOOK.load(recipe)[1]
+    mcfg, tcfg = rec.model, rec.train
     tcfg.max_minutes = args.train_minutes
     if args.quick:
         tcfg.steps = 20

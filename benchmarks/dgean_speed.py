@@ -15,8 +15,9 @@ margins), in three execution modes:
   for bf16 tensor-core convolutions);
 * ``compile``: ``torch.compile`` (inductor) of the eager model, fixed input shape.
 
-A configuration's quality is a separate question (train it with ``isovol train-dgean --config``); this table
-says which ones are worth that training.  Prints Markdown; writes ``dgean_speed.json`` to ``--out``.
+A configuration's quality is a separate question (train it with ``isovol train --method sup-dgean --recipe FILE``,
+FILE a DGEAN recipe whose ``model`` holds the configuration); this table says which ones are worth that
+training.  Prints Markdown; writes ``dgean_speed.json`` to ``--out``.
 """
 
 from __future__ import annotations

@@ -37,16 +37,19 @@ import torch
 from isovol.pipeline.checkpoints import save_json
 from isovol.pipeline.degrade import decimate_z
 from isovol.pipeline.io.omezarr import write_image
-from isovol.pipeline.methods import get_method, upsample_array
+from isovol.pipeline.methods import get_method, registry, upsample_array
 from isovol.pipeline.methods.dgean.trainer import train_dgean
 from isovol.workflows.evaluate import boundary_f1, detect_boundaries, score
-from isovol.workflows.train import STAGES, load_recipe, resolve, run_train
+from isovol.workflows.train import STATE, run_train
 
 ROWS = ("cubic", "d2r", "sup", "naive")  # the order they are computed in (D2R first: it matters most)
 SHOWN = ("cubic", "naive", "d2r", "sup")  # the order of the table
 TITLE = {"cubic": "cubic", "naive": "naive lateral (DGEAN on own Y/X)", "d2r": "D2R-DGEAN",
          "sup": "Sup-DGEAN (training_sample2 GT)"}
 VOXEL = 10.0
+#: the method `isovol train` trains for the D2R row
+D2R = "d2r"
+ROMAN = ("I", "II", "III", "IV", "V")
 #: trainings pause this long before the budget ends, leaving room for a finished row's inference and scoring
 #: (whole-volume SSIM per plane, two 3-D FFTs, the boundary detector: about a minute on the device's CPU)
 FINISH_S = 90.0
@@ -83,8 +86,10 @@ class Run:
         self.ref = gt[:n]
         self.sup_gt = np.ascontiguousarray(sup)
         self.recipe = args.recipe or ("cpu-tiny" if args.quick else "gpu-default")
-        _, raw = load_recipe(self.recipe)
-        self.dgean_model, self.dgean_train = resolve(raw)[1]["dgean"]
+        training = registry.trainable(D2R).training
+        _, rec = training.book.load(self.recipe)  # a D2RRecipe: its .prior, .recover and .dgean sections
+        self.stages = [s.name for s in training.stages(rec)]  # in order: prior, recover, dgean
+        self.dgean_model, self.dgean_train = rec.dgean.model, rec.dgean.train
         if args.dgean_minutes is not None:  # Sup-DGEAN and naive lateral only; D2R keeps its recipe
             self.dgean_train.max_minutes = args.dgean_minutes
         self._ref_boundaries: np.ndarray | None = None
@@ -147,15 +152,15 @@ class Run:
             write_image(url, self.low, (VOXEL * self.r, VOXEL, VOXEL),
                         attributes={"note": f"every {self.r}th slice of FlyEM training_sample1"})
         model_dir = os.path.join(self.work, "models", "d2r")
-        result = run_train(os.path.abspath(url), model_dir, self.r, recipe=self.recipe, workers=1,
+        result = run_train(os.path.abspath(url), model_dir, self.r, method=D2R, recipe=self.recipe, workers=1,
                            device=self.device, deadline=self.deadline - FINISH_S)
         log(result["line"])
         if result["paused"]:
             return False
-        with open(os.path.join(model_dir, "train.json")) as f:
+        with open(os.path.join(model_dir, STATE)) as f:
             stages = json.load(f)["stages"]
         out, infer_s = self.infer(model_dir)
-        train_s = {s: float(stages[s]["seconds"]) for s in STAGES}
+        train_s = {s: float(stages[s]["seconds"]) for s in self.stages}
         self.save_row("d2r", {**self.measure(out), "train_s": train_s, "infer_s": infer_s})
         return True
 
@@ -180,10 +185,11 @@ class Run:
         return self._dgean("naive", self.low, isotropic=False, lateral=True)
 
 
-def table(rows: dict[str, dict[str, Any]]) -> list[str]:
+def table(rows: dict[str, dict[str, Any]], stages: list[str]) -> list[str]:
+    """The Markdown table; ``stages``: D2R's training stages in order (one wall-time column each)."""
     cubic = rows["cubic"]
     head = ["method", "PSNR XY (gain)", "PSNR XZ (gain)", "PSNR YZ (gain)", "SSIM XY", "SSIM XZ", "SSIM YZ",
-            "FSC-0.5 nm", "axial FSC-0.5 nm", "boundary F1", "Stage I s", "Stage II s", "Stage III s",
+            "FSC-0.5 nm", "axial FSC-0.5 nm", "boundary F1", *(f"Stage {ROMAN[i]} s" for i in range(len(stages))),
             "training s", "inference s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in SHOWN:
@@ -193,7 +199,7 @@ def table(rows: dict[str, dict[str, Any]]) -> list[str]:
         cells += [f"{r[p]['ssim']:.4f}" for p in ("XY", "XZ", "YZ")]
         cells += [f"{r['fsc05_nm']:.1f}", f"{r['fsc05_axial_nm']:.1f}", f"{r['boundary']['f1']:.3f}"]
         t = r["train_s"]
-        cells += [f"{t[s]:.0f}" if s in t else "–" for s in STAGES]
+        cells += [f"{t[s]:.0f}" if s in t else "–" for s in stages]
         cells += [f"{sum(t.values()):.0f}" if t else "–", f"{r['infer_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     d2r, sup = rows["d2r"], rows["sup"]
@@ -251,7 +257,7 @@ def main() -> int:
     devices = sorted({r["device"] for r in rows.values()})
     print(f"\n## FlyEM training_sample1, r = {run.r}, trained on its decimated input only (Sup-DGEAN: "
           f"training_sample2 ground truth); recipe {run.recipe}; device {', '.join(devices)}\n")
-    print("\n".join(table(rows)))
+    print("\n".join(table(rows, run.stages)))
     return 0
 
 

@@ -6,10 +6,11 @@
 (a) **Scheduler overhead.**  Blocks per second through the real executor (plan, futures in bounded waves, the
     worker plugin, a real OME-Zarr output: every shard written, fsynced and marked done) with a method that does
     nothing (it returns zeros), so what is left is the cost per block of isovol + dask + zarr.
-(b) **DGEAN end to end vs model only.**  An untrained DGEAN of the ``default`` recipe (``tiny`` with --quick; speed
-    does not depend on the weights) on a cluster of ``--cluster local-gpu`` (one worker per GPU; ``local`` with one
-    worker on a machine without a GPU) -- the code path of ``isovol upsample --cluster local-gpu --method dgean``.
-    A warm-up run loads the model into the worker's cache (the worker plugin) and lets cuDNN pick its kernels; then
+(b) **DGEAN end to end vs model only.**  An untrained DGEAN of the ``gpu-default`` recipe (``cpu-tiny`` with
+    --quick; speed does not depend on the weights) on a cluster of ``--cluster local-gpu`` (one worker per GPU;
+    ``local`` with one worker on a machine without a GPU) -- the code path of ``isovol upsample --cluster local-gpu
+    --method dgean``.  A warm-up run loads the model into the worker's cache (the worker plugin) and lets cuDNN
+    pick its kernels; then
       * *model only*: on that worker, the cached model on tiles of the very shape the method cuts (tile + margins)
         and the batch it would choose, output voxels per second; and on margin-free tiles for reference;
       * *end to end*: ``upsample()`` of a FlyEM-textured volume sized to take about ``--seconds`` (read -> model ->
@@ -123,11 +124,11 @@ def overhead(root: str, quick: bool, worker_counts: list[int]) -> list[dict[str,
 def untrained_model(root: str, recipe: str) -> str:
     """An untrained DGEAN checkpoint, written on the CPU (the client must not create a CUDA context)."""
     from isovol.pipeline.checkpoints import CONFIG, WEIGHTS, save_json, save_tensors
+    from isovol.pipeline.methods import dgean
     from isovol.pipeline.methods.dgean.network import build_dgean
-    from isovol.pipeline.methods.dgean.trainer import resolve_recipe
 
-    mcfg, _ = resolve_recipe(recipe)
-    path = os.path.join(root, f"dgean-{recipe}")
+    mcfg = dgean.BOOK.load(recipe)[1].model
+    path = os.path.join(root, f"dgean-{os.path.basename(recipe)}")
     os.makedirs(path, exist_ok=True)
     model = build_dgean(mcfg)
     save_tensors(os.path.join(path, WEIGHTS), {k: v.contiguous() for k, v in model.state_dict().items()})
@@ -256,7 +257,7 @@ def dgean(root: str, args: argparse.Namespace, sample: np.ndarray) -> dict[str, 
 
     gpus = _gpu_count()
     kind = "local-gpu" if gpus else "local"
-    recipe = "tiny" if args.quick else args.recipe
+    recipe = "cpu-tiny" if args.quick else args.recipe
     tile = args.tile or (32 if args.quick else 512)
     yx = tile * 2  # a shard holds 2 x 2 tiles and 8 windows (64 output slices)
     shard = (WINDOWS_PER_SHARD * FACTOR, yx, yx)
@@ -362,7 +363,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="CPU-sized: tiny model, small volumes")
     ap.add_argument("--data", default="devdata", help="folder with training_sample1_zyx_uint8.npy")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
-    ap.add_argument("--recipe", default="default", help="DGEAN recipe of the untrained model (not with --quick)")
+    ap.add_argument("--recipe", default="gpu-default",
+                    help="DGEAN recipe (a preset or YAML file) of the untrained model (not with --quick)")
     ap.add_argument("--tile", type=int, default=None, help="DGEAN tile [default: 512 GPU-sized, 32 with --quick]")
     ap.add_argument("--windows-per-batch", type=int, default=None, help="[default: from free GPU memory]")
     ap.add_argument("--seconds", type=float, default=40.0, help="aimed duration of one end-to-end run")
