@@ -189,7 +189,7 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     done = keeper.done_keys(tag)
     todo = [b for b in plan.blocks() if b.key not in done]
     log.info("%s -> %s: %d blocks, %d already done, method %s, factor %d", strip_url(req.input),
-             strip_url(req.output), len(plan), len(plan) - len(todo), method.name, plan.factor)
+             strip_url(req.output), len(plan), len(plan) - len(todo), req.method, plan.factor)
     ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, tag, overlap=req.overlap)
     _set_state(keeper, tag, RunState.RUNNING)
     if client is None:
@@ -213,7 +213,7 @@ def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: U
 def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, components: dict[str, Any],
             digest: str, keeper: Bookkeeper) -> RunRecord:
     provenance = {
-        "method": method.name,
+        "method": req.method,  # the registry's name, as asked for; method_config names what ran (e.g. dgean for d2r)
         "method_config": method.config(),
         "factor": plan.factor,
         "model_hash": method.model_hash,
