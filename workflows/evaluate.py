@@ -30,7 +30,9 @@ from ..pipeline.io.omezarr import open_level0, write_image
 from ..pipeline.io.readers import Vec3, open_volume
 from ..pipeline.io.urls import strip_url
 from ..pipeline.methods import registry
-from .evaluate_methods import REFERENCE, parse_methods, safe, train_method
+from ..pipeline.methods.registry import REFERENCE
+from .comparisons import compare
+from .evaluate_methods import parse_methods, safe, train_method
 from .measures import OrthoViews, boundary_f1, detect_boundaries, fsc_plot, label_boundaries, score
 
 log = logging.getLogger(__name__)
@@ -199,9 +201,7 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
     else:
         run_all(client)
 
-    ref = metrics[REFERENCE]
-    for row in metrics.values():
-        row["gain_over_cubic_db"] = {p: row[p]["psnr"] - ref[p]["psnr"] for p in PLANES}
+    judged = compare(metrics, {s.key: s.name for s in specs})
     if slicefid is None:
         log.info(SLICEFID_SKIP)
 
@@ -212,7 +212,8 @@ def evaluate(req: EvaluateRequest, client: Any = None) -> dict[str, Any]:
                  scale=2 if max(truth.shape) <= 256 else 1, title=f"Z x{factor}")
     fsc_plot(curves, os.path.join(req.out, "fsc.png"), voxel_nm)
     info = {"ground_truth": strip_url(req.ground_truth), "shape": list(truth_full.shape), "voxel": list(voxel),
-            "factor": factor, "compared_z": n_out, "labels": strip_url(req.labels) if req.labels else None,
+            "factor": factor, "compared_z": n_out, **judged,
+            "labels": strip_url(req.labels) if req.labels else None,
             "boundary": boundary, "z_show": z_show, "seconds": time.perf_counter() - t0,
             "self_supervised": req.self_supervised}
     from .report import write_report

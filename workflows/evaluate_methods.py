@@ -12,7 +12,7 @@ from typing import Any
 from ..pipeline.checkpoints import load_json
 from ..pipeline.errors import InputError
 from ..pipeline.methods import registry
-from ..pipeline.methods.registry import REFERENCE
+from ..pipeline.methods.registry import CLASSICAL_REFERENCES
 from ..pipeline.methods.training import ANISOTROPIC
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,14 @@ def _one(spec: str) -> MethodSpec:
 
 
 def parse_methods(specs: list[str]) -> list[MethodSpec]:
-    """The methods to score, cubic always first (the reference)."""
+    """The methods to score: the classical references always (cubic first, the reference of the gains since the
+    first release; linear, often the best classical method on EM), then the ones asked for."""
     out: list[MethodSpec] = []
-    for spec in [REFERENCE, *specs]:
+    for spec in [*CLASSICAL_REFERENCES, *specs]:
         m = _one(spec)
         if any(o.key == m.key for o in out):
-            if m.key == REFERENCE:
-                continue  # cubic given explicitly as well
+            if m.key in CLASSICAL_REFERENCES:
+                continue  # a reference given explicitly as well
             raise InputError(f"method {m.key!r} given twice")
         out.append(m)
     return out

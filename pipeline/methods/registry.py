@@ -32,6 +32,10 @@ GROUP = "isovol.methods"
 REFERENCE = "cubic"
 #: what ``isovol train`` trains when no --method is given
 DEFAULT_TRAINED = "d2r"
+#: classical methods ``isovol evaluate`` always scores, so every method is judged against the best of them
+CLASSICAL_REFERENCES = ("cubic", "linear")
+#: the learned baseline every other learned method is judged against when it is scored (isotropic CARE's idea)
+LEARNED_BASELINE = "lateral-regression"
 
 #: the built-in method packages, each with an ``ENTRIES`` sequence (a new built-in method adds one line here)
 BUILTIN = (

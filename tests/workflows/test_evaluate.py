@@ -53,6 +53,10 @@ def test_cli_writes_report(report, gt):
         assert 20.0 <= row["fsc05_nm"] < 500
         assert row["slicefid"] is None
     assert all(v == 0 for v in metrics["cubic"]["gain_over_cubic_db"].values())
+    for p in PLANES:  # judged against the best classical method of each plane: it scores 0, the other below
+        best = max(("cubic", "linear"), key=lambda k: metrics[k][p]["psnr"])
+        assert metrics[best]["vs_best_classical"][f"psnr_{p}"] == 0
+        assert all(metrics[k]["vs_best_classical"][f"psnr_{p}"] <= 0 for k in metrics)
     g = metrics["linear"]["gain_over_cubic_db"]["XY"]
     assert g == pytest.approx(metrics["linear"]["XY"]["psnr"] - metrics["cubic"]["XY"]["psnr"])
     curves = json.load(open(os.path.join(report, "fsc.json")))["curves"]
@@ -148,9 +152,9 @@ def test_evaluate_with_labels(tmp_path, client):
     result = evaluate(EvaluateRequest(ground_truth=gt_url, factor=4, out=out, methods=["nearest"], labels=lab_url,
                                       progress=False), client=client)
     m = result["metrics"]
-    assert list(m) == ["cubic", "nearest"]
+    assert list(m) == ["cubic", "linear", "nearest"]  # the classical references always, first
     b = result["info"]["boundary"]
-    assert set(b) == {"ground truth", "cubic", "nearest"}
+    assert set(b) == {"ground truth", "cubic", "linear", "nearest"}
     assert b["ground truth"]["f1"] > max(m["cubic"]["boundary_f1"], m["nearest"]["boundary_f1"])
     md = open(os.path.join(out, "report.md")).read()
     assert "boundary F1" in md and "Laplacian of Gaussian" in md
@@ -243,7 +247,9 @@ def test_slicefid_end_to_end(crop, tmp_path, isovol_exe):
     assert fid["slices"] == {"XY": 3, "XZ": 6, "YZ": 6} and fid["feature_dim"] == 2048 and fid["rank_deficient"]
     md = (out / "report.md").read_text()
     assert "## SliceFID" in md and "| `cubic` |" in md and "rank-deficient" in md and "skipped" not in md
-    header, row = res.stdout.splitlines()[-2:]
+    lines = res.stdout.splitlines()
+    h = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    header, row = lines[h], lines[h + 1]  # the cubic row, first
     assert header.split()[-1] == "SliceFID" and float(row.split()[-1]) == pytest.approx(fid["mean"], abs=0.01)
 
 
@@ -318,7 +324,7 @@ def test_killed_run_leaves_no_metrics_json(kill_at, crop, tmp_path, client, monk
 
     result = ev.evaluate(req, client=client)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["cubic"] and metrics == json.loads(json.dumps(result["metrics"]))
+    assert list(metrics) == ["cubic", "linear"] and metrics == json.loads(json.dumps(result["metrics"]))
     assert set(metrics["cubic"]) >= {*PLANES, "fsc05_nm", "gain_over_cubic_db"}
     for name in REPORT:
         assert "stale" not in (out / name).read_bytes().decode("latin-1")

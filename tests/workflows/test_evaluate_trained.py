@@ -51,7 +51,7 @@ def first(setup) -> subprocess.CompletedProcess:
 
 def test_trained_rows_carry_wall_time_per_stage(setup, first):
     metrics = json.load(open(os.path.join(setup["out"], "metrics.json")))
-    assert list(metrics) == ["cubic", "d2r:fast", "naive-lateral:fast"]
+    assert list(metrics) == ["cubic", "linear", "d2r:fast", "naive-lateral:fast"]
     d2r, lateral = metrics["d2r:fast"]["train"], metrics["naive-lateral:fast"]["train"]
     assert list(d2r["stages_s"]) == ["prior", "recover", "dgean"] and all(v > 0 for v in d2r["stages_s"].values())
     assert d2r["total_s"] == pytest.approx(sum(d2r["stages_s"].values()), abs=0.02)
