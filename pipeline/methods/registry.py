@@ -43,6 +43,7 @@ BUILTIN = (
     "isovol.pipeline.methods.dgean",
     "isovol.pipeline.methods.d2r_prior",
     "isovol.pipeline.methods.d2r",
+    "isovol.pipeline.methods.lateral_regression",
 )
 
 
