@@ -248,8 +248,9 @@ def _summary(model_dir: str, stages: list[Stage], state: dict[str, Any], report:
         validation = load_json(os.path.join(model_dir, CONFIG), "model").get("validation", {})
     parts = [f"{s} {'ran' if r['ran'] else 'skipped'}" + (f" {r['seconds']:.0f} s" if r["ran"] else "")
              for s, r in report.items()]
-    quality = (f"validation PSNR {validation['psnr']:.2f} dB vs cubic {validation['cubic_psnr']:.2f} dB"
-               if "psnr" in validation and "cubic_psnr" in validation else "no validation PSNR")
+    base = next((k for k in ("cubic_psnr", "base_psnr") if k in validation), None)  # what the trainer compares to
+    quality = (f"validation PSNR {validation['psnr']:.2f} dB vs {'cubic' if base == 'cubic_psnr' else 'its base'} "
+               f"{validation[base]:.2f} dB" if "psnr" in validation and base else "no validation PSNR")
     line = f"train: {', '.join(parts)}; {quality}; model {model_dir}"
     return {"stages": report, "validation": validation, "line": line, "paused": None}
 
