@@ -42,8 +42,12 @@ def _dgean_build(model: str, **options: Any) -> Any:
 
 
 def stages(recipe: Any) -> list[Stage]:
-    from .. import d2r_prior, dgean
+    from .. import d2r_prior, dgean, lateral_regression
 
+    if recipe.lateral == "regression":  # Stages I-II from lateral-regression, the same Stage III
+        return [lateral_regression.train_stage(recipe.regression, title="Stage I (lateral regression)"),
+                lateral_regression.apply_stage("regression", title="Stage II (regression recovery)", output=PSEUDO),
+                dgean.train_stage(recipe.dgean, title="Stage III (DGEAN)", source=FROM_PREVIOUS)]
     return [d2r_prior.prior_stage(recipe.prior, title="Stage I (lateral prior)"),
             d2r_prior.recover_stage(recipe.recover, "prior", title="Stage II (lateral recovery)", output=PSEUDO),
             dgean.train_stage(recipe.dgean, title="Stage III (DGEAN)", source=FROM_PREVIOUS)]

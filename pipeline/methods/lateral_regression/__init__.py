@@ -14,7 +14,7 @@ from typing import Any
 
 from ..recipes import RecipeBook
 from ..registry import Kind, MethodEntry
-from ..training import ANISOTROPIC, TrainContext, Training, TrainStage
+from ..training import ANISOTROPIC, BlockwiseStage, TrainContext, Training, TrainStage
 
 NAME = "lateral-regression"
 KIND = NAME  # config.json kind of its models
@@ -46,6 +46,12 @@ def train_stage(recipe: Any, *, name: str = "regression", title: str = "lateral 
                                 log=ctx.log, deadline=ctx.deadline)
 
     return TrainStage(name, title, recipe.to_dict(), run)
+
+
+def apply_stage(model_from: str, *, name: str = "recover", title: str = "regression recovery",
+                output: str = "") -> BlockwiseStage:
+    """Run the model stage ``model_from`` trained over the training region (D2R's Stage II with this method)."""
+    return BlockwiseStage(name, title, {"method": NAME}, NAME, model_from, output=output)
 
 
 ENTRIES = (

@@ -168,3 +168,15 @@ def test_a_d2r_file_with_base_overrides_single_fields_of_the_named_presets(spec)
 def test_d2r_recipe_files_are_refused_in_one_line(spec, text, message):
     with pytest.raises(InputError, match=message):
         d2r.BOOK.load(spec(text))
+
+
+def test_d2r_can_take_its_stages_one_and_two_from_lateral_regression(spec):
+    recipe = d2r.BOOK.load(spec("base: cpu-tiny\nlateral: regression\nregression: cpu-tiny\n"))[1]
+    stages = d2r.stages(recipe)
+    assert [s.name for s in stages] == ["regression", "recover", "dgean"]
+    assert stages[1].method == "lateral-regression" and stages[1].model_from == "regression"
+    assert stages[1].path == "pseudo.ome.zarr" and stages[2].source == "previous"
+    assert recipe.to_dict()["lateral"] == "regression" and "prior" not in recipe.to_dict()
+    assert [s.name for s in d2r.stages(d2r.BOOK.load("cpu-tiny")[1])] == ["prior", "recover", "dgean"]
+    with pytest.raises(InputError, match="lateral must be one of irsde, regression"):
+        d2r.BOOK.load(spec("base: cpu-tiny\nlateral: care\n"))
