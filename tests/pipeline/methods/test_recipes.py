@@ -157,7 +157,7 @@ def test_a_d2r_file_with_base_overrides_single_fields_of_the_named_presets(spec)
 @pytest.mark.parametrize("text, message", [
     ("prior: huge\ndgean: cpu-tiny\n", "prior: 'huge' is not a d2r-prior recipe \\(cpu-tiny, cpu-demo, gpu-default\\)"),
     ("prior: cpu-tiny\n", "section 'dgean' is missing"),
-    ("base: cpu-tiny\nstage4: {}\n", "unknown key\\(s\\) stage4; valid: dgean, prior, recover"),
+    ("base: cpu-tiny\nstage4: {}\n", "unknown key\\(s\\) stage4; valid: dgean, lateral, prior, recover, regression"),
     ("base: cpu-tiny\nprior: {train: {stepz: 1}}\n", "prior: train: unknown key\\(s\\) stepz"),
     ("base: cpu-tiny\nrecover: {sampler: slow}\n", "recover: sampler must be reference\\|posterior\\|fast"),
     ("base: cpu-tiny\nrecover: {seeed: 1}\n", "recover: unknown key\\(s\\) seeed; valid: .*t_start"),
