@@ -23,7 +23,7 @@ def score_table(metrics: dict[str, Any], info: dict[str, Any]) -> list[str]:
     base = info.get("lateral_regression")
     best = info.get("best_classical", {}).get("psnr_XY", "classical")
     lines = [f"{'method':<24}{'PSNR XY':>9}{'XZ':>8}{'YZ':>8}{'vs ' + best + ' XY':>19}"
-             + (f"{'vs ' + base[:14]:>19}" if base else "") + f"{'FSC nm':>8}" + (f"{'SliceFID':>10}" if fid else "")]
+             + (f"{'vs baseline XY':>19}" if base else "") + f"{'FSC nm':>8}" + (f"{'SliceFID':>10}" if fid else "")]
     for name, r in metrics.items():
         lines.append(f"{name[:23]:<24}{r['XY']['psnr']:>9.2f}{r['XZ']['psnr']:>8.2f}{r['YZ']['psnr']:>8.2f}"
                      f"{r['vs_best_classical']['psnr_XY']:>+16.2f} dB"
