@@ -249,7 +249,7 @@ def _summary(model_dir: str, stages: list[Stage], state: dict[str, Any], report:
     parts = [f"{s} {'ran' if r['ran'] else 'skipped'}" + (f" {r['seconds']:.0f} s" if r["ran"] else "")
              for s, r in report.items()]
     base = next((k for k in ("cubic_psnr", "base_psnr") if k in validation), None)  # what the trainer compares to
-    quality = (f"validation PSNR {validation['psnr']:.2f} dB vs {'cubic' if base == 'cubic_psnr' else 'its base'} "
+    quality = (f"validation PSNR {validation['psnr']:.2f} dB vs {base.removesuffix('_psnr')} "
                f"{validation[base]:.2f} dB" if "psnr" in validation and base else "no validation PSNR")
     line = f"train: {', '.join(parts)}; {quality}; model {model_dir}"
     return {"stages": report, "validation": validation, "line": line, "paused": None}
