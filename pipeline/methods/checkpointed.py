@@ -84,6 +84,16 @@ class CheckpointMethod(Method):
             self._model = self._load()
         return self._model
 
+    def apply(self, data: Any, factor: int, start: int, stop: int) -> Any:
+        """A stack given without its origin is taken to start at the halo's padding before voxel 0 (as
+        ``upsample_array`` pads); learned methods cut tiles on a global grid, so they work in ``apply_at``."""
+        h = self.halo
+        return self.apply_at(data, factor, start, stop, (-h.z, -h.y, -h.x))
+
+    @abstractmethod
+    def apply_at(self, data: Any, factor: int, start: int, stop: int, origin: tuple[int, int, int]) -> Any:
+        """See :meth:`Method.apply_at`: a learned method's result depends on where the block lies."""
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_model"] = None  # the model never travels with the method: each worker loads its own

@@ -121,10 +121,6 @@ class PriorRecovery(CheckpointMethod):
                                  f"train a prior on data of this type")
 
     # -- the work ----------------------------------------------------------------------------------------
-    def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
-        h = self.halo
-        return self.apply_at(data, factor, start, stop, (-h.z, -h.y, -h.x))
-
     def apply_at(self, data: np.ndarray, factor: int, start: int, stop: int,
                  origin: tuple[int, int, int]) -> np.ndarray:
         self.check_factor(factor)

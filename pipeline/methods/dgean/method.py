@@ -100,10 +100,6 @@ class DGEANMethod(CheckpointMethod):
         return {"name": self.name, "model_hash": self.model_hash, "tile": self._tile(), "margin": self.margin,
                 "precision": "bf16" if self._amp() else "fp32"}
 
-    def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
-        h = self.halo
-        return self.apply_at(data, factor, start, stop, (-h.z, -h.y, -h.x))
-
     def _segments(self, g0: int, n: int) -> list[tuple[int, int]]:
         """Cut the global core range [g0, g0 + n) into tiles: cuts at multiples of ``tile``, the first tile
         pulled back to a multiple of 16 (the network is shift-equivariant only for such shifts)."""
