@@ -113,9 +113,13 @@ class Bookkeeper:
     def marker_path(self, key: str) -> str:
         return posixpath.join(self.root, DONE_DIR, key)
 
-    def mark_done(self, key: str, digest: str) -> None:
-        body = json.dumps({"block": key, "hash": digest, "time": time.time()}).encode()
-        _atomic_put(self.fs, self.marker_path(key), body, self.local)
+    def mark_done(self, key: str, digest: str, shards: dict[str, Any] | None = None) -> None:
+        """Mark a block done, vouching for the ``shards`` it stored (key -> size and checksum, see
+        ``pipeline/io/integrity.py``), which ``isovol status --verify`` checks later."""
+        body: dict[str, Any] = {"block": key, "hash": digest, "time": time.time()}
+        if shards is not None:
+            body["shards"] = shards
+        _atomic_put(self.fs, self.marker_path(key), json.dumps(body).encode(), self.local)
 
     def unmark(self, key: str) -> None:
         """Withdraw a block's marker (before its shards are deleted and written again)."""
@@ -126,30 +130,54 @@ class Bookkeeper:
 
     def done_keys(self, digest: str | None = None) -> set[str]:
         """Keys of blocks marked done (for run ``digest`` if given; markers of another run do not count)."""
+        return set(self.done_markers(digest))
+
+    def done_markers(self, digest: str | None = None) -> dict[str, dict[str, Any]]:
+        """The markers of blocks marked done, by key (their contents only when ``digest`` is given)."""
         directory = posixpath.join(self.root, DONE_DIR)
         try:
             paths = self.fs.ls(directory, detail=False)
         except FileNotFoundError:
-            return set()
-        keys = set()
+            return {}
+        markers = {}
         for p in paths:
             name = posixpath.basename(p.rstrip("/"))
             if name.startswith(".tmp-"):
                 continue
+            body: Any = {}
             if digest is not None:
                 try:
-                    if json.loads(self.fs.cat_file(p)).get("hash") != digest:
-                        continue
-                except (json.JSONDecodeError, FileNotFoundError):
+                    body = json.loads(self.fs.cat_file(p))
+                except (ValueError, FileNotFoundError):  # a damaged marker vouches for nothing
                     continue
-            keys.add(name)
-        return keys
+                if not isinstance(body, dict) or body.get("hash") != digest:
+                    continue
+            markers[name] = body
+        return markers
 
     def ensure_writable(self) -> None:
         try:
             self.fs.makedirs(posixpath.join(self.root, DONE_DIR), exist_ok=True)
         except Exception as exc:
             raise OutputError(f"cannot write to {strip_url(self.url)}: {describe_error(exc)}") from None
+
+    # -- any file of the output (checks and repairs of workflows/verify.py) ---------------------------------
+    def output_path(self, key: str) -> str:
+        """Where ``key`` (relative to the output: ``0/zarr.json``, ``.isovol/documents.json``) lies on :attr:`fs`."""
+        return posixpath.join(posixpath.dirname(self.root), key)
+
+    def read(self, key: str) -> bytes | None:
+        """The bytes of ``key`` (relative to the output), None when there is no such file."""
+        try:
+            return self.fs.cat_file(self.output_path(key))
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        except Exception as exc:  # storage errors: one clear line, not a traceback
+            raise OutputError(f"cannot read {key} of {strip_url(self.url)}: {describe_error(exc)}") from None
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``key`` (relative to the output) whole: a reader sees the old file or the new one."""
+        _atomic_put(self.fs, self.output_path(key), data, self.local)
 
 
 def status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -59,6 +59,8 @@ def cli(quiet: bool) -> None:
 @chunk_opt
 @cluster_opts
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip blocks marked done.")
+@click.option("--verify", is_flag=True, help="With --resume: first check the shards of the blocks marked done "
+              "against their markers (size, checksum) and redo the blocks that fail; restore damaged metadata.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing isovol output.")
 @click.option("--region", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1", help="Upsample only this part of INPUT.")
 @voxel_opt
@@ -68,7 +70,8 @@ def cli(quiet: bool) -> None:
 def upsample(input_url: str, output_url: str, factor: int, method: str, model_dir: str | None,
              method_options: tuple[str, ...], block_shape: str | None, shard_shape: str | None,
              chunk_shape: str | None, workers: int | None, scheduler: str | None, cluster: str,
-             cluster_config: str | None, retries: int, block_timeout: float | None, resume: bool, overwrite: bool,
+             cluster_config: str | None, retries: int, block_timeout: float | None, resume: bool, verify: bool,
+             overwrite: bool,
              region: str | None, voxel_size: str | None, storage_options: str | None,
              output_storage_options: str | None, no_progress: bool) -> None:
     """Upsample INPUT along Z by --factor into the OME-Zarr OUTPUT."""
@@ -82,7 +85,7 @@ def upsample(input_url: str, output_url: str, factor: int, method: str, model_di
         chunk_shape=parse_shape(chunk_shape, "--chunk-shape"), voxel_size=parse_voxel_size(voxel_size),
         storage_options=parse_storage_options(storage_options),
         output_storage_options=parse_storage_options(output_storage_options) if output_storage_options else None,
-        resume=resume, overwrite=overwrite, workers=workers, scheduler=scheduler, cluster=cluster,
+        resume=resume, verify=verify, overwrite=overwrite, workers=workers, scheduler=scheduler, cluster=cluster,
         cluster_config=cluster_config, retries=retries,
         block_timeout=block_timeout, progress=not no_progress, command=command_line())
     summary = run(req)
@@ -172,18 +175,31 @@ def methods_cmd(as_json: bool) -> None:
 @click.argument("output_url", metavar="OUTPUT")
 @output_storage_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the progress as JSON.")
-def status(output_url: str, storage_options: str | None, as_json: bool) -> None:
+@click.option("--verify", is_flag=True, help="Also re-read the shards of the blocks marked done and check their "
+              "sizes and checksums against the markers, and the metadata documents (no decoding); exit 4 when "
+              "any is damaged.")
+def status(output_url: str, storage_options: str | None, as_json: bool, verify: bool) -> None:
     """Report the progress of a run from OUTPUT alone (no cluster needed)."""
     from .bookkeeping import status as read_status
+    from .verify import verify_output
 
-    info = read_status(output_url, parse_storage_options(storage_options))
+    options = parse_storage_options(storage_options)
+    info = read_status(output_url, options)
+    report = verify_output(output_url, options) if verify else None
     if as_json:
-        click.echo(json.dumps(info, indent=1))
-        return
-    pct = 100.0 * info["done"] / info["tasks"] if info["tasks"] else 0.0
-    click.echo(f"{info['output']}: {info['state']}, {info['done']}/{info['tasks']} blocks done ({pct:.1f} %), "
-               f"{info['remaining']} remaining; method {info['method']}, factor {info['factor']}")
-    if info["remaining"]:
+        click.echo(json.dumps(info | ({"verify": report.to_dict()} if report else {}), indent=1))
+    else:
+        pct = 100.0 * info["done"] / info["tasks"] if info["tasks"] else 0.0
+        click.echo(f"{info['output']}: {info['state']}, {info['done']}/{info['tasks']} blocks done ({pct:.1f} %), "
+                   f"{info['remaining']} remaining; method {info['method']}, factor {info['factor']}")
+        if report is not None:
+            hint = "" if report.ok else "; rerun the upsample with --resume --verify to repair"
+            click.echo(f"{info['output']}: {report.line()}{hint}")
+            for line in report.details():
+                click.echo(f"  {line}")
+    if report is not None and not report.ok:
+        sys.exit(4)
+    if info["remaining"] and not as_json:
         sys.exit(3)
 
 

@@ -23,6 +23,7 @@ from ..pipeline.methods import Method, get_method
 from ..pipeline.methods.registry import REFERENCE
 from .bookkeeping import Bookkeeper
 from .executor import BlockContext, Summary, execute
+from .verify import record_documents, repair
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class UpsampleRequest:
     storage_options: dict[str, Any] = field(default_factory=dict)
     output_storage_options: dict[str, Any] | None = None
     resume: bool = False
+    verify: bool = False  # with resume: check the done blocks' shards first and redo those that fail
     overwrite: bool = False
     workers: int | None = None
     scheduler: str | None = None
@@ -68,6 +70,8 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
     method.check_factor(factor)  # a method trained for one factor (the Stage II prior) refuses the others here
     if req.resume and req.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
+    if req.verify and not req.resume:
+        raise InputError("--verify goes with --resume (to only check an output: isovol status --verify)")
     if strip_url(req.input) == strip_url(req.output):
         raise InputError("the output must not be the input")
     vol = open_volume(req.input, req.storage_options, req.voxel_size)
@@ -181,6 +185,8 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
         removed = remove_partials(req.output, req.out_options)
         if removed:
             log.info("removed %d partial file(s) left by an interrupted writer", removed)
+        if req.verify:
+            repair(keeper, record.tag)
     if fresh:
         if exists:
             _remove_output(fs, path, req.output, keeper)
@@ -198,6 +204,8 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
             summary = _execute(own, ctx, todo, plan, req)
     else:
         summary = _execute(client, ctx, todo, plan, req)
+    if summary.ok:
+        record_documents(keeper, tag)  # before "complete": a finished output's metadata can be verified
     _set_state(keeper, tag, RunState.COMPLETE if summary.ok else RunState.INCOMPLETE)
     return summary
 

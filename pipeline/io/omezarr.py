@@ -83,11 +83,17 @@ def posixpath_name(url: str) -> str:
     return strip_url(url).rstrip("/").rsplit("/", 1)[-1]
 
 
-def open_level0(url: str, storage_options: dict[str, Any] | None = None, mode: str = "r+"):
+def open_level0(url: str, storage_options: dict[str, Any] | None = None, mode: str = "r+", recording: bool = False):
+    """Level 0 of an output; with ``recording``, through a :class:`~.integrity.RecordingStore`, so that what each
+    shard write stored can be vouched for (:func:`vouch_shards`)."""
     import zarr
 
-    return zarr.open_array(store=store_for(url, storage_options, read_only=(mode == "r")), path=LEVEL0,
-                           mode=mode)
+    store = store_for(url, storage_options, read_only=(mode == "r"))
+    if recording:
+        from .integrity import RecordingStore
+
+        store = RecordingStore(store)
+    return zarr.open_array(store=store, path=LEVEL0, mode=mode)
 
 
 def read_attributes(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -115,6 +121,26 @@ def clear_shards(array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> None:
 
     for key in shard_keys(array, lo, hi):
         sync((array.store_path / key).delete())
+
+
+def vouch_shards(array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> dict[str, Any]:
+    """What a done marker records of the shards covering [lo, hi): key (relative to the output) -> size and
+    checksum, or None where no shard is stored.  Taken from the writes a recording array saw; a shard whose write
+    it did not see (or a plain array) is read back."""
+    from zarr.core.sync import sync
+
+    from .integrity import RecordingStore, vouch
+
+    store = array.store
+    out = {}
+    for key in shard_keys(array, lo, hi):
+        full = f"{LEVEL0}/{key}"
+        seen, record = store.take(full) if isinstance(store, RecordingStore) else (False, None)
+        if not seen:
+            buf = sync((array.store_path / key).get())
+            record = vouch(None if buf is None else buf.to_bytes())
+        out[full] = record
+    return out
 
 
 def make_durable(url: str, array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> None:
