@@ -91,7 +91,7 @@ def test_damage_after_completion_is_named_and_repaired_bitwise(tmp_path, client,
     assert "3 of 12 done blocks damaged (3 shards) and metadata damaged (0/zarr.json)" in lines[1]  # ... and is
     assert "--resume --verify" in lines[1]
     assert len(lines) == 2 + 1 + 3, found.stdout  # status, summary, one line per damaged document and shard
-    for key, (how, block) in HARM.items():
+    for key, (_how, block) in HARM.items():
         assert any(f"block {block}: shard {key}:" in ln for ln in lines), found.stdout
 
     req = UpsampleRequest(input=source, output=out, factor=FACTOR, block_shape=(64, 64, 64),
