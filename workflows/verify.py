@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 #: the metadata documents of an output, and where a finished run records them (with a copy of each)
 DOCUMENTS = ("zarr.json", f"{LEVEL0}/zarr.json")
 DOCUMENTS_RECORD = f"{META_DIR}/documents.json"
-#: shards read at once: enough to keep a disk or an object store busy, few enough to bound memory
-READERS = 8
+#: shards read at once: an object store needs many requests in flight to give its bandwidth; a local disk is
+#: read fastest by a few threads (benchmarks/verify_cost.py) -- and memory stays bounded by a few shards each
+READERS_REMOTE, READERS_LOCAL = 16, min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -91,10 +93,11 @@ def _block_order(key: str) -> tuple[int, ...]:
         return (-1,)
 
 
-def verify(keeper: Bookkeeper, tag: str, readers: int = READERS) -> Report:
+def verify(keeper: Bookkeeper, tag: str, readers: int | None = None) -> Report:
     """Check the shards of every block marked done for run ``tag``, and the metadata documents, without
-    decoding anything."""
+    decoding anything (``readers`` threads; default by the kind of storage)."""
     t0 = time.perf_counter()
+    readers = readers or (READERS_LOCAL if keeper.local else READERS_REMOTE)
     report = Report()
     jobs = []
     for block, marker in keeper.done_markers(tag).items():
