@@ -193,8 +193,7 @@ def status(output_url: str, storage_options: str | None, as_json: bool, verify: 
         click.echo(f"{info['output']}: {info['state']}, {info['done']}/{info['tasks']} blocks done ({pct:.1f} %), "
                    f"{info['remaining']} remaining; method {info['method']}, factor {info['factor']}")
         if report is not None:
-            hint = "" if report.ok else "; rerun the upsample with --resume --verify to repair"
-            click.echo(f"{info['output']}: {report.line()}{hint}")
+            click.echo(f"{info['output']}: {report.line()}" + (f"; {report.remedy()}" if not report.ok else ""))
             for line in report.details():
                 click.echo(f"  {line}")
     if report is not None and not report.ok:

@@ -73,6 +73,14 @@ class Report:
             text += f"; {self.unchecked} blocks marked by an earlier isovol record no checksums and were not checked"
         return text
 
+    def remedy(self) -> str:
+        """What to run about the damage found ("" when none)."""
+        if self.ok:
+            return ""
+        if DOCUMENTS_RECORD in self.documents:  # nothing left to restore the metadata from
+            return "the metadata cannot be restored; rerun the upsample with --overwrite"
+        return "rerun the upsample with --resume --verify to repair"
+
     def details(self) -> list[str]:
         """One line per damaged document and shard."""
         out = [f"metadata {doc}: {why}" for doc, why in sorted(self.documents.items())]
@@ -180,8 +188,12 @@ def record_documents(keeper: Bookkeeper, tag: str) -> None:
     docs = {}
     for key in DOCUMENTS:
         data = keeper.read(key)
-        if data is not None:
-            docs[key] = {**vouch(data), "text": data.decode()}  # type: ignore[dict-item]
+        try:
+            json.loads(data or b"")
+        except ValueError:  # damaged before anything vouched for it (an output of an earlier isovol): vouch for none
+            log.warning("%s: %s is not JSON; its metadata is not recorded", strip_url(keeper.url), key)
+            return
+        docs[key] = {**vouch(data), "text": data.decode()}  # type: ignore[dict-item,union-attr]
     keeper.put(DOCUMENTS_RECORD, json.dumps({"tag": tag, "documents": docs}, indent=1).encode())
 
 
@@ -192,6 +204,8 @@ def repair(keeper: Bookkeeper, tag: str) -> Report:
     if report.ok:
         log.info("%s: %s", strip_url(keeper.url), report.line())
         return report
+    if DOCUMENTS_RECORD in report.documents:
+        raise OutputError(f"{strip_url(keeper.url)}: {report.documents[DOCUMENTS_RECORD]}; {report.remedy()}")
     log.warning("%s: %s; repairing", strip_url(keeper.url), report.line())
     for line in report.details():
         log.info("%s", line)
@@ -208,9 +222,6 @@ def repair(keeper: Bookkeeper, tag: str) -> Report:
 def _restore_documents(keeper: Bookkeeper, tag: str, damaged: dict[str, str]) -> None:
     if not damaged:
         return
-    if DOCUMENTS_RECORD in damaged:
-        raise OutputError(f"{strip_url(keeper.url)}: {damaged[DOCUMENTS_RECORD]}; the metadata cannot be checked "
-                          "or restored; rerun with --overwrite")
     docs = _read_documents_record(keeper, tag) or {}
     for key in damaged:
         copy = docs[key]
