@@ -8,9 +8,10 @@
     ``linear`` through the executor (so the markers are the ones a run writes), then checked by
     ``workflows/verify.verify`` -- the code ``status --verify`` runs -- with one reader thread and with --readers
     (default: those ``status --verify`` uses on a local disk), from the page cache ("warm": the CPU cost) and
-    with every shard evicted first (``posix_fadvise DONTNEED``, "cold": this machine's disk).  "GB per CPU-s" is stored bytes over the process's CPU time (all threads), the
-    per-core cost; "wall GB/s" is what the machine achieved.  The write path's cost of vouching is one checksum of
-    each shard as zarr stores it (no second read), i.e. (a)'s rate.
+    with every shard evicted first (``posix_fadvise DONTNEED``, "cold": this machine's disk).  "GB per CPU-s" is
+    stored bytes over the process's CPU time (all threads), the per-core cost; "wall GB/s" is what the machine
+    achieved.  The write path's cost of vouching is one checksum of each shard as zarr stores it (no second
+    read), i.e. (a)'s rate.
 
 Prints Markdown for BENCHMARKS.md.
 """
