@@ -4,7 +4,8 @@ The client keeps at most ``max_in_flight`` blocks submitted at a time, so the sc
 whole-volume graph and client memory stays flat however large the volume.  Each task reads its input box,
 runs the method, writes its whole shards, makes them durable and only then writes its done marker.
 Failures are sorted into transient ones (storage throttling, lost workers, time-outs), which are retried
-a bounded number of times, and deterministic ones (bugs, bad data), which are not.
+a bounded number of times, and deterministic ones (bugs, bad data), which are not.  What the cluster does
+meanwhile -- workers lost, frozen or gone for good -- is watched by ``cluster_watch.ClusterWatch``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..pipeline.io.omezarr import clear_shards, make_durable, open_level0, vouch
 from ..pipeline.io.readers import Volume
 from ..pipeline.methods.base import Method
 from .bookkeeping import Bookkeeper
+from .cluster_watch import WORKER_WAIT, ClusterWatch
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +82,16 @@ def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
 
 
 def _announce_start(topic: str | None) -> None:
-    """Tell the client this task is executing now (a dask event with the task's key), so the block's time-out
-    counts from here, not from submission: blocks wait in worker queues (three per thread are in flight).
-    No-op outside a dask worker."""
+    """Tell the client this task is executing now, and on which worker (a dask event), so the block's time-out
+    counts from here, not from submission -- blocks wait in worker queues (three per thread are in flight) --
+    and a stuck block can be named with its worker.  No-op outside a dask worker."""
     if topic is None:
         return
     try:
         from distributed import get_worker
 
         worker = get_worker()
-        worker.log_event(topic, str(worker.get_current_task()))
+        worker.log_event(topic, {"key": str(worker.get_current_task()), "worker": worker.address})
     except Exception:  # a direct call, not a task on a worker: no client is waiting for the event
         pass
 
@@ -206,6 +208,7 @@ class Summary:
     retried: int = 0
     not_run: int = 0
     seconds: float = 0.0
+    stopped: str = ""  # why the run stopped early, when the cluster could not go on
 
     @property
     def ok(self) -> bool:
@@ -218,7 +221,8 @@ class Summary:
             text += f", {self.not_run} not run"
         if self.retried:
             text += f", {self.retried} retries"
-        return text + f" in {self.seconds:.1f} s"
+        text += f" in {self.seconds:.1f} s"
+        return text + (f" (stopped: {self.stopped})" if self.stopped else "")
 
 
 class _Progress:
@@ -248,104 +252,142 @@ class _Progress:
 
 def execute(client: Any, ctx: BlockContext, blocks: Iterable[Block], *, total: int, skipped: int = 0,
             max_in_flight: int | None = None, retries: int = 2, timeout: float | None = None,
-            max_failures: int = 10, progress: bool = True) -> Summary:
-    """Run ``blocks`` on the cluster behind ``client`` and return what happened."""
-    from distributed import wait
+            max_failures: int = 10, progress: bool = True, worker_wait: float = WORKER_WAIT) -> Summary:
+    """Run ``blocks`` on the cluster behind ``client`` and return what happened.
 
+    ``worker_wait``: how long a run waits for a cluster that lost all its workers to give some back before it
+    stops; the blocks not run are left for ``--resume``."""
     t0 = time.perf_counter()
     summary = Summary(total=total, skipped=skipped)
-    window = _InFlight(client, max_in_flight)
-    # task keys unique to this call: a key the scheduler still holds (an earlier or concurrent run of the
-    # same digest, e.g. to another output) would otherwise be reused and its block never written here
-    run_id = uuid.uuid4().hex[:8]
-    started: dict[str, float] = {}  # task key -> when the client heard it start executing (time-out clock)
-    if timeout:
-        ctx = replace(ctx, start_topic=f"isovol-start-{run_id}")
-        client.subscribe_topic(ctx.start_topic, lambda event: started.setdefault(event[1], time.monotonic()))
-    ctx_future = client.scatter(ctx, broadcast=True, hash=False)
-    queue: deque[Block] = deque(blocks)
-    attempts: dict[str, int] = {}
-    running: dict[Any, tuple[Block, float]] = {}  # future -> (block, submission time)
     bar = _Progress(total, skipped, progress)
-    aborted = False
+    run = _Run(client, ctx, blocks, summary, ClusterWatch(client, max_in_flight, worker_wait),
+               retries=retries, timeout=timeout, max_failures=max_failures)
     try:
-        while queue or running:
-            while queue and not aborted and len(running) < window.limit():
-                block = queue.popleft()
-                n = attempts.get(block.key, 0)
-                key = f"isovol-block-{block.key}-{ctx.digest[:8]}-{run_id}-{n}"
-                fut = client.submit(run_block, ctx_future, block, key=key, pure=False)
-                running[fut] = (block, time.monotonic())
-            if aborted and not running:
-                break
-            try:
-                finished, _ = wait(list(running), timeout=min(timeout or 1.0, 1.0), return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                finished = set()
-            now = time.monotonic()
-            expired = {f for f in running if timeout and f not in finished
-                       and now - started.get(f.key, now) > timeout}
-            for fut in list(finished) + list(expired):
-                block, _ = running.pop(fut)
-                started.pop(fut.key, None)
-                if fut in expired:
-                    fut.cancel()
-                    exc: BaseException | None = TimeoutError(f"block {block.key} ran past {timeout:.0f} s")
-                else:
-                    exc = fut.exception() if fut.status == "error" else None
-                    if fut.status == "cancelled":
-                        exc = TimeoutError(f"block {block.key} was cancelled")
-                if exc is None:
-                    summary.done += 1
-                    bar.update()
-                    continue
-                n = attempts.get(block.key, 0) + 1
-                attempts[block.key] = n
-                if is_transient(exc) and n <= retries:
-                    summary.retried += 1
-                    log.warning("block %s: transient error, retry %d/%d: %s", block.key, n, retries,
-                                _one_line(exc))
-                    queue.append(block)
-                    continue
-                summary.failed[block.key] = _one_line(exc)
-                log.error("block %s failed: %s", block.key, _one_line(exc))
-                if len(summary.failed) >= max_failures and not aborted:
-                    aborted = True
-                    log.error("stopping after %d failed blocks", len(summary.failed))
-        summary.not_run = len(queue)
+        run.loop(bar)
     finally:
         bar.close()
-        for fut in running:
-            fut.cancel()
-        if ctx.start_topic is not None:
-            client.unsubscribe_topic(ctx.start_topic)
+        run.close()
         summary.seconds = time.perf_counter() - t0
     return summary
 
 
-class _InFlight:
-    """How many blocks to keep submitted: three per worker thread -- one computing, one finishing its writes after
-    handing the thread over (``_hand_over_thread``), one queued so the thread never waits for the client -- re-read
-    every few seconds because workers of a batch-queue or adaptive cluster arrive (and leave) while the run is
-    going."""
+class _Run:
+    """The client's side of one ``execute``: the blocks queued, the futures in flight, what became of each.
 
-    def __init__(self, client: Any, fixed: int | None, every: float = 5.0):
-        self.client, self.fixed, self.every = client, fixed, every
-        self.value, self.checked = 1, -float("inf")  # worker threads, and when they were last counted
-        if fixed is None and not client.nthreads():
-            log.info("waiting for the first worker to join the cluster")
-            client.wait_for_workers(1)
+    Lost workers: the context goes to the cluster as a task, not as scattered data, so when every worker holding
+    it is lost the scheduler recomputes it (scattered data would be forgotten and every block cancelled).  A block
+    on a lost worker is rerun by the scheduler (dask's ``allowed-failures`` times) and then counts as a transient
+    failure against ``retries``.  Time-outs: a block that runs past ``timeout`` is resubmitted and the worker that
+    ran it is restarted (``ClusterWatch.restart``), because a task cannot be stopped inside its worker, and a frozen
+    worker also holds the blocks queued on it."""
 
-    def limit(self) -> int:
-        return self.fixed if self.fixed is not None else 3 * self.threads()
+    def __init__(self, client: Any, ctx: BlockContext, blocks: Iterable[Block], summary: Summary,
+                 watch: ClusterWatch, *, retries: int, timeout: float | None, max_failures: int):
+        self.client, self.summary, self.watch = client, summary, watch
+        self.retries, self.timeout, self.max_failures = retries, timeout, max_failures
+        # task keys unique to this call: a key the scheduler still holds (an earlier or concurrent run of the
+        # same digest, e.g. to another output) would otherwise be reused and its block never written here
+        self.run_id = uuid.uuid4().hex[:8]
+        self.ctx = replace(ctx, start_topic=f"isovol-start-{self.run_id}")
+        self.started: dict[str, tuple[float, str]] = {}  # task key -> (when it started executing, on which worker)
+        client.subscribe_topic(self.ctx.start_topic, self._on_start)
+        self.ctx_future = self._ship_context()
+        self.queue: deque[Block] = deque(blocks)
+        self.attempts: dict[str, int] = {}
+        self.running: dict[Any, Block] = {}
+        self.aborted = False
 
-    def threads(self) -> int:
-        """Worker threads in the cluster now (at least 1)."""
-        now = time.monotonic()
-        if now - self.checked >= self.every:
-            self.checked = now
-            self.value = max(1, sum(self.client.nthreads().values()))
-        return self.value
+    def _on_start(self, event: tuple[float, Any]) -> None:
+        msg = event[1]
+        self.started.setdefault(msg["key"], (time.monotonic(), msg["worker"]))
+
+    def _ship_context(self) -> Any:
+        return self.client.submit(_given, self.ctx, key=f"isovol-context-{self.ctx.digest[:8]}-{self.run_id}",
+                                  pure=False)
+
+    def loop(self, bar: _Progress) -> None:
+        while self.queue or self.running:
+            self._fill()
+            if self.aborted and not self.running:
+                break
+            finished = self._wait()
+            now = time.monotonic()
+            expired = {f for f in self.running if self.timeout and f not in finished
+                       and now - self.started.get(f.key, (now, ""))[0] > self.timeout}
+            for fut in [*finished, *expired]:
+                since, worker = self.started.pop(fut.key, (now, ""))
+                block = self.running[fut]
+                if self._settle(fut, fut in expired):
+                    bar.update()
+                    self.watch.block_done(now - since)
+                elif fut in expired:
+                    self.watch.restart(worker, f"block {block.key} ran past its time-out")
+            if not self.timeout:
+                self.watch.warn_stalled({f.key: b.key for f, b in self.running.items()}, self.started, now)
+            gone = self.watch.workers_gone_for()
+            if self.running and gone > self.watch.worker_wait:
+                self.summary.stopped = f"the cluster has had no workers for {gone:.0f} s"
+                log.error("%s; stopping (rerun with --resume once the cluster has workers)", self.summary.stopped)
+                break
+        self.summary.not_run = len(self.queue) + len(self.running)
+
+    def _fill(self) -> None:
+        if self.ctx_future.status in ("cancelled", "lost"):  # released by the scheduler after all: ship it again
+            self.ctx_future = self._ship_context()
+        while self.queue and not self.aborted and len(self.running) < self.watch.limit():
+            block = self.queue.popleft()
+            key = f"isovol-block-{block.key}-{self.ctx.digest[:8]}-{self.run_id}-{self.attempts.get(block.key, 0)}"
+            self.running[self.client.submit(run_block, self.ctx_future, block, key=key, pure=False)] = block
+
+    def _wait(self) -> set[Any]:
+        from distributed import wait
+        from distributed.client import FuturesCancelledError
+
+        try:
+            finished, _ = wait(list(self.running), timeout=min(self.timeout or 1.0, 1.0),
+                               return_when="FIRST_COMPLETED")
+            return set(finished)
+        except TimeoutError:
+            return set()
+        except FuturesCancelledError:  # released by the scheduler: settled as transient failures
+            return {f for f in self.running if f.status != "pending"}
+
+    def _settle(self, fut: Any, expired: bool) -> bool:
+        """Book a finished or expired future; True when its block is done."""
+        block = self.running.pop(fut)
+        if expired:
+            fut.cancel()
+            exc: BaseException | None = TimeoutError(f"block {block.key} ran past {self.timeout:.0f} s")
+        elif fut.status == "cancelled":
+            exc = TimeoutError(f"block {block.key} was cancelled")
+        else:
+            exc = fut.exception() if fut.status == "error" else None
+        if exc is None:
+            self.summary.done += 1
+            return True
+        n = self.attempts[block.key] = self.attempts.get(block.key, 0) + 1
+        if is_transient(exc) and n <= self.retries:
+            self.summary.retried += 1
+            log.warning("block %s: transient error, retry %d/%d: %s", block.key, n, self.retries, _one_line(exc))
+            self.queue.append(block)
+            return False
+        self.summary.failed[block.key] = _one_line(exc)
+        log.error("block %s failed: %s", block.key, _one_line(exc))
+        if len(self.summary.failed) >= self.max_failures and not self.aborted:
+            self.aborted = True
+            log.error("stopping after %d failed blocks", len(self.summary.failed))
+        return False
+
+    def close(self) -> None:
+        for fut in self.running:
+            fut.cancel()
+        self.ctx_future.cancel()
+        self.client.unsubscribe_topic(self.ctx.start_topic)
+
+
+def _given(value: Any) -> Any:
+    """The run's context as the result of a task (see _Run)."""
+    return value
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..deploy.clusters import check_cluster, open_cluster
+from ..deploy.clusters import check_cluster, load_config, open_cluster
 from ..pipeline import __version__
 from ..pipeline.blocks import BlockPlan, Shape3
 from ..pipeline.errors import InputError, OutputError
@@ -22,6 +22,7 @@ from ..pipeline.io.urls import describe_error, filesystem, strip_url
 from ..pipeline.methods import Method, get_method
 from ..pipeline.methods.registry import REFERENCE
 from .bookkeeping import Bookkeeper
+from .cluster_watch import WORKER_WAIT
 from .executor import BlockContext, Summary, execute
 from .verify import record_documents, repair
 
@@ -199,23 +200,25 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, tag, overlap=req.overlap)
     _set_state(keeper, tag, RunState.RUNNING)
     if client is None:
+        wait = float(load_config(req.cluster or "local", req.cluster_config)["worker_wait"])
         with open_cluster(req.cluster, req.cluster_config, req.workers, req.scheduler,
                           processes=req.processes) as own:
-            summary = _execute(own, ctx, todo, plan, req)
+            summary = _execute(own, ctx, todo, plan, req, wait)
     else:
-        summary = _execute(client, ctx, todo, plan, req)
+        summary = _execute(client, ctx, todo, plan, req, WORKER_WAIT)
     if summary.ok:
         record_documents(keeper, tag)  # before "complete": a finished output's metadata can be verified
     _set_state(keeper, tag, RunState.COMPLETE if summary.ok else RunState.INCOMPLETE)
     return summary
 
 
-def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: UpsampleRequest) -> Summary:
+def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: UpsampleRequest,
+             worker_wait: float) -> Summary:
     from ..deploy.plugins import register
 
     register(client)  # models load once per worker and stay for later runs on this cluster (idempotent)
     return execute(client, ctx, todo, total=len(plan), skipped=len(plan) - len(todo), retries=req.retries,
-                   timeout=req.block_timeout, progress=req.progress)
+                   timeout=req.block_timeout, progress=req.progress, worker_wait=worker_wait)
 
 
 def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, components: dict[str, Any],
