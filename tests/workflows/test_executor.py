@@ -275,6 +275,31 @@ def test_block_timeout_counts_from_when_the_block_starts_not_from_submission(tmp
     assert summary.retried == 0 and not summary.failed
 
 
+def test_a_stuck_block_is_named_with_its_worker(tmp_path, client, crop, inject, monkeypatch, caplog):
+    """Without --block-timeout a frozen worker is left to dask's worker-ttl (minutes): the wait must not be silent.
+    A block running far longer than the others (here: past 0.3 s; the others take milliseconds) is named, once,
+    with its worker, and the run still ends exact."""
+    from isovol.workflows import cluster_watch
+
+    monkeypatch.setattr(cluster_watch, "STALL_SECONDS", 0.3)
+    state = tmp_path / "state"
+    state.mkdir()
+    inject(SlowOnce(state, seconds=2.5))
+    volume = lowres(crop, 8)
+    src = write_input(tmp_path / "in.ome.zarr", volume, 8)
+    out = str(tmp_path / "out.ome.zarr")
+    with caplog.at_level("WARNING", logger=cluster_watch.__name__):
+        summary = upsample(UpsampleRequest(input=src, output=out, factor=8, block_shape=(129, 32, 40),
+                                           progress=False), client=client)
+    assert summary.ok and summary.retried == 0, summary.line()
+    stuck = [r.getMessage() for r in caplog.records if "has run for" in r.getMessage()]
+    assert stuck, "the slow block must be named"
+    assert len({m.split()[1] for m in stuck}) == len(stuck), f"each block is named once: {stuck}"
+    assert all("worker-ttl" in m and "--block-timeout" in m for m in stuck), stuck
+    assert all(any(f"on worker {w}" in m for w in client.nthreads()) for m in stuck), stuck
+    assert np.array_equal(read_output(out), upsample_array(volume, 8, get_method("cubic")))
+
+
 @pytest.mark.parametrize("exc,transient", [
     (ConnectionError("reset"), True),
     (TimeoutError("slow"), True),
