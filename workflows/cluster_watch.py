@@ -80,8 +80,8 @@ class ClusterWatch:
         except Exception as exc:  # e.g. ValueError: the worker has no nanny
             log.warning("could not restart %s: %s", worker, str(exc).splitlines()[0] if str(exc) else exc)
             return
-        if status.get(worker) not in ("OK", "removed"):
-            log.warning("restarting %s: %s", worker, status.get(worker))
+        if status.get(worker, "OK") not in ("OK", "removed"):  # absent: the worker had left already
+            log.warning("restarting %s: %s", worker, status[worker])
         self.checked = -float("inf")  # count the workers afresh
 
     def block_done(self, seconds: float) -> None:
