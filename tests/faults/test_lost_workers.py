@@ -217,9 +217,15 @@ def lone_worker(env, tmp_path):
                                   stderr=subprocess.DEVNULL))
     try:
         end = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < end:
-            time.sleep(0.05)
-        yield json.loads(info.read_text())["address"], procs[1]
+        while time.monotonic() < end:
+            try:  # the scheduler may be writing the file right now
+                address = json.loads(info.read_text())["address"]
+                break
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.05)
+        else:
+            pytest.fail("the scheduler did not start within 60 s")
+        yield address, procs[1]
     finally:
         for p in procs:
             p.kill()
