@@ -135,5 +135,5 @@ def _blockwise(stage: BlockwiseStage, run: dict[str, Any]) -> None:
         raise SettingsChanged(f"{stage.title} cannot resume {out}: {exc.reason}", stage.name) from None
     log.info("%s: %s", stage.title, summary.line())
     if not summary.ok:
-        raise IsovolError(f"{stage.title} did not finish ({len(summary.failed)} block(s) failed); rerun the same "
+        raise IsovolError(f"{stage.title} did not finish ({summary.line()}); rerun the same "
                           f"command to resume it")
