@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 #: ``worker_wait`` overrides it)
 WORKER_WAIT = 300.0
 #: a block that runs this long, and five times longer than the median block so far, is named in a warning
-STALL_SECONDS = 300.0
+STALL_SECONDS = 120.0
 #: seconds the scheduler may take to restart a worker (its nanny waits 4 s for a clean exit before it kills)
 RESTART_TIMEOUT = 60.0
 
