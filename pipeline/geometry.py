@@ -68,3 +68,39 @@ def parse_region(text: str | None, shape: tuple[int, int, int]) -> tuple[slice, 
             raise InputError(f"--region {axis} range {lo}:{hi} lies outside the volume (size {n})")
         out.append(slice(lo, hi))
     return tuple(out)  # type: ignore[return-value]
+
+
+#: how far the output voxel may be from a cube before a run says so (relative difference of Z to Y/X)
+ISOTROPY_TOLERANCE = 0.10
+
+
+def _lateral(voxel_size: tuple[float, float, float]) -> float:
+    return (voxel_size[1] + voxel_size[2]) / 2
+
+
+def auto_factor(voxel_size: tuple[float, float, float] | None, source: str) -> int:
+    """``--factor auto``: round(z / xy) of the input's voxel size (xy: the mean of Y and X)."""
+    if not voxel_size:
+        raise InputError(f"--factor auto needs the voxel size of {source}, which carries none; pass --voxel-size "
+                         "Z,Y,X (nm) or an integer --factor")
+    ratio = voxel_size[0] / _lateral(voxel_size)
+    factor = int(round(ratio))
+    if factor < 2:
+        raise InputError(f"--factor auto: {source} is already about isotropic (voxel "
+                         f"{','.join(f'{v:g}' for v in voxel_size)} nm, z/xy = {ratio:.2f}); nothing to upsample")
+    return factor
+
+
+def anisotropy_warning(voxel_size: tuple[float, float, float] | None, factor: int) -> str | None:
+    """One line when the output voxel is more than ISOTROPY_TOLERANCE from a cube, naming the factor that fixes it
+    (None when it is close enough, or the voxel size is unknown)."""
+    if not voxel_size:
+        return None
+    out = output_voxel_size(voxel_size, factor)
+    off = out[0] / _lateral(out) - 1
+    if abs(off) <= ISOTROPY_TOLERANCE:
+        return None
+    best = max(2, int(round(voxel_size[0] / _lateral(voxel_size))))
+    fix = f"--factor {best} (or auto) gives {voxel_size[0] / best:g} nm" if best != factor else \
+        "no integer factor does better"
+    return (f"the output voxel {','.join(f'{v:g}' for v in out)} nm is {abs(off):.0%} from isotropic; {fix}")

@@ -16,16 +16,19 @@ from ..pipeline.io.readers import parse_voxel_size
 from ..pipeline.io.urls import parse_storage_options, strip_url
 from ..pipeline.methods.registry import REFERENCE
 from .cli_options import (
+    AUTO_FACTOR_HELP,
     block_opt,
     chunk_opt,
     cluster_opts,
     command_line,
     factor_opt,
     fmt_bytes,
+    levels_value,
     method_opt,
     output_storage_opt,
     parse_method_options,
     progress_opt,
+    pyramid_opts,
     shard_opt,
     storage_opt,
     voxel_opt,
@@ -48,7 +51,7 @@ def cli(quiet: bool) -> None:
 @cli.command()
 @click.argument("input_url", metavar="INPUT")
 @click.argument("output_url", metavar="OUTPUT")
-@factor_opt()
+@factor_opt(AUTO_FACTOR_HELP, auto=True)
 @method_opt(REFERENCE, "Method to upsample with;")
 @click.option("--model", "model_dir", default=None, metavar="DIR", help="Model directory of a learned method.")
 @click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE",
@@ -66,6 +69,7 @@ def cli(quiet: bool) -> None:
 @voxel_opt
 @storage_opt
 @click.option("--output-storage-options", default=None, metavar="JSON", help="Storage options for the output.")
+@pyramid_opts
 @progress_opt
 def upsample(input_url: str, output_url: str, factor: int, method: str, model_dir: str | None,
              method_options: tuple[str, ...], block_shape: str | None, shard_shape: str | None,
@@ -73,8 +77,8 @@ def upsample(input_url: str, output_url: str, factor: int, method: str, model_di
              cluster_config: str | None, retries: int, block_timeout: float | None, resume: bool, verify: bool,
              overwrite: bool,
              region: str | None, voxel_size: str | None, storage_options: str | None,
-             output_storage_options: str | None, no_progress: bool) -> None:
-    """Upsample INPUT along Z by --factor into the OME-Zarr OUTPUT."""
+             output_storage_options: str | None, levels: str, no_pyramid: bool, no_progress: bool) -> None:
+    """Upsample INPUT along Z by --factor into the OME-Zarr OUTPUT, then write its multiscale pyramid."""
     from .upsample import UpsampleRequest
     from .upsample import upsample as run
 
@@ -87,7 +91,8 @@ def upsample(input_url: str, output_url: str, factor: int, method: str, model_di
         output_storage_options=parse_storage_options(output_storage_options) if output_storage_options else None,
         resume=resume, verify=verify, overwrite=overwrite, workers=workers, scheduler=scheduler, cluster=cluster,
         cluster_config=cluster_config, retries=retries,
-        block_timeout=block_timeout, progress=not no_progress, command=command_line())
+        block_timeout=block_timeout, progress=not no_progress, command=command_line(),
+        levels=levels_value(levels, no_pyramid))
     summary = run(req)
     click.echo(f"isovol: {summary.line()}", err=True)
     for key, msg in list(summary.failed.items())[:5]:
@@ -103,7 +108,7 @@ def _voxel_text(voxel: Any) -> str:
 
 @cli.command()
 @click.argument("input_url", metavar="INPUT")
-@factor_opt()
+@factor_opt(AUTO_FACTOR_HELP, auto=True)
 @method_opt(REFERENCE, "Method whose halo and memory the plan uses;")
 @click.option("--model", "model_dir", default=None, metavar="DIR", help="Model directory of a learned method.")
 @click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE", help="A setting of the method.")
@@ -202,7 +207,7 @@ def status(output_url: str, storage_options: str | None, as_json: bool, verify: 
         sys.exit(3)
 
 
-from . import cli_train  # noqa: E402,F401  (registers train, evaluate and demo on the group)
+from . import cli_train, cli_view  # noqa: E402,F401  (register train, evaluate, demo, pyramid and view)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,9 +21,14 @@ class FactorType(click.ParamType):
 
     name = "factor"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+    def __init__(self, auto: bool = False):
+        self.auto = auto  # also "auto": round(z/xy) of the input's voxel size, resolved once the input is open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str | None:
         if value is None:  # missing: click's own "Missing option" check speaks
             return None
+        if self.auto and isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
         try:
             return check_factor(value)
         except InputError as exc:
@@ -31,6 +36,8 @@ class FactorType(click.ParamType):
 
 
 FACTOR = FactorType()
+AUTO_FACTOR = FactorType(auto=True)
+AUTO_FACTOR_HELP = "Z upsampling factor: an integer >= 2, or auto for round(z/xy) of the input's voxel size."
 
 
 def command_line() -> str:
@@ -74,10 +81,12 @@ def parse_method_options(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def factor_opt(help_text: str = "Z upsampling factor (integer >= 2).", required: bool = True) -> Callable:
+def factor_opt(help_text: str = "Z upsampling factor (integer >= 2).", required: bool = True,
+               auto: bool = False) -> Callable:
+    kind = AUTO_FACTOR if auto else FACTOR
     if required:  # no default at all: click 8.2+ takes an explicit default=None as a given value
-        return click.option("--factor", "-r", type=FACTOR, required=True, help=help_text)
-    return click.option("--factor", "-r", type=FACTOR, default=None, help=help_text)
+        return click.option("--factor", "-r", type=kind, required=True, help=help_text)
+    return click.option("--factor", "-r", type=kind, default=None, help=help_text)
 
 
 storage_opt = click.option("--storage-options", "storage_options", default=None, metavar="JSON",
@@ -125,3 +134,22 @@ def cluster_opts(func: Callable) -> Callable:
 def method_opt(default: str | None, help_text: str) -> Callable:
     return click.option("--method", default=default, show_default=default is not None, metavar="NAME",
                         help=f"{help_text} `isovol methods` lists them.")
+
+
+def pyramid_opts(func: Callable) -> Callable:
+    """--levels and --no-pyramid: the multiscale pyramid written after level 0 (workflows/pyramid.py)."""
+    func = click.option("--no-pyramid", is_flag=True,
+                        help="Write level 0 only (and remove the pyramid of an output resumed with it).")(func)
+    return click.option("--levels", default="auto", show_default=True, metavar="N|auto",
+                        help="Pyramid levels after level 0, each 2x smaller in every axis by the mean; auto: "
+                             "until the smallest fits in one chunk.")(func)
+
+
+def levels_value(levels: str, no_pyramid: bool) -> int | str:
+    """The pyramid request of --levels / --no-pyramid: 0 for none, else N or "auto"."""
+    from ..pipeline.pyramid import parse_levels
+
+    value = parse_levels(levels)
+    if no_pyramid and value not in ("auto", 0):
+        raise InputError("--no-pyramid excludes --levels")
+    return 0 if no_pyramid else value

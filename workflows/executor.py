@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..pipeline.blocks import Block, BlockPlan
-from ..pipeline.io.omezarr import clear_shards, make_durable, open_level0, vouch_shards
+from ..pipeline.io.omezarr import LEVEL0, clear_shards, make_durable, open_level0, vouch_shards
 from ..pipeline.io.readers import Volume
 from ..pipeline.methods.base import Method
 from .bookkeeping import Bookkeeper
@@ -49,6 +49,8 @@ class BlockContext:
     overlap: bool = True
     #: the event topic on which a task says it has started (its block time-out counts from then); set by execute
     start_topic: str | None = None
+    #: the array written: level 0, or a pyramid level (workflows/pyramid.py)
+    level: str = LEVEL0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -58,7 +60,7 @@ class BlockContext:
     @property
     def array(self) -> Any:
         if getattr(self, "_array", None) is None:
-            self._array = open_level0(self.output_url, self.output_options, recording=True)
+            self._array = open_level0(self.output_url, self.output_options, recording=True, path=self.level)
         return self._array
 
 

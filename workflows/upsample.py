@@ -13,7 +13,15 @@ from ..deploy.clusters import check_cluster, load_config, open_cluster
 from ..pipeline import __version__
 from ..pipeline.blocks import BlockPlan, Shape3
 from ..pipeline.errors import InputError, OutputError
-from ..pipeline.geometry import CONVENTION, check_factor, output_shape, output_voxel_size, parse_region
+from ..pipeline.geometry import (
+    CONVENTION,
+    anisotropy_warning,
+    auto_factor,
+    check_factor,
+    output_shape,
+    output_voxel_size,
+    parse_region,
+)
 from ..pipeline.identity import digest as identity_digest
 from ..pipeline.io.omezarr import create_image, remove_partials
 from ..pipeline.io.readers import RegionVolume, Vec3, Volume, open_volume
@@ -24,6 +32,7 @@ from ..pipeline.methods.registry import REFERENCE
 from .bookkeeping import Bookkeeper
 from .cluster_watch import WORKER_WAIT
 from .executor import BlockContext, Summary, execute
+from .pyramid import build_pyramid, with_pyramid
 from .verify import record_documents, repair
 
 log = logging.getLogger(__name__)
@@ -57,6 +66,7 @@ class UpsampleRequest:
     block_timeout: float | None = None
     progress: bool = True
     command: str = ""
+    levels: int | str | None = "auto"  # pyramid levels after level 0: "auto" (until one chunk), N, or 0/None
     need_voxel_size: bool = True  # False for `isovol plan`, which says "unknown" instead of refusing
 
     @property
@@ -66,9 +76,11 @@ class UpsampleRequest:
 
 def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
     """Validate the request and open the input: everything that can fail before the output is touched."""
-    factor = check_factor(req.factor)
+    auto = isinstance(req.factor, str) and req.factor.strip().lower() == "auto"
+    factor = 0 if auto else check_factor(req.factor)
     method = get_method(req.method, model=req.model, **req.method_options)
-    method.check_factor(factor)  # a method trained for one factor (the Stage II prior) refuses the others here
+    if not auto:
+        method.check_factor(factor)  # a method trained for one factor (the Stage II prior) refuses the others here
     if req.resume and req.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
     if req.verify and not req.resume:
@@ -82,6 +94,12 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         raise InputError(f"{strip_url(req.input)} has {vol.shape[0]} Z slice(s); at least 2 are needed")
     if vol.voxel_size is None and req.need_voxel_size:
         raise InputError(f"{strip_url(req.input)} carries no voxel size; pass --voxel-size Z,Y,X (nm)")
+    if auto:
+        factor = auto_factor(vol.voxel_size, strip_url(req.input))
+        method.check_factor(factor)
+    warning = anisotropy_warning(vol.voxel_size, factor)
+    if warning:
+        log.warning(warning)
     method.check_input(vol.dtype)
     block_shape = req.block_shape or method.preferred_block_shape(output_shape(vol.shape, factor))
     shard_shape = req.shard_shape
@@ -217,8 +235,13 @@ def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: U
     from ..deploy.plugins import register
 
     register(client)  # models load once per worker and stay for later runs on this cluster (idempotent)
-    return execute(client, ctx, todo, total=len(plan), skipped=len(plan) - len(todo), retries=req.retries,
-                   timeout=req.block_timeout, progress=req.progress, worker_wait=worker_wait)
+    summary = execute(client, ctx, todo, total=len(plan), skipped=len(plan) - len(todo), retries=req.retries,
+                      timeout=req.block_timeout, progress=req.progress, worker_wait=worker_wait)
+    if summary.ok:  # the pyramid from the finished level 0 (levels 0/None: any earlier pyramid is removed)
+        summary = with_pyramid(summary, build_pyramid(
+            client, req.output, dict(req.out_options), ctx.digest, req.levels, block_shape=plan.block_shape,
+            fresh=bool(todo), progress=req.progress, retries=req.retries, timeout=req.block_timeout))
+    return summary
 
 
 def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, components: dict[str, Any],

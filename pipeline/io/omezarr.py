@@ -31,27 +31,27 @@ def store_for(url: str, storage_options: dict[str, Any] | None = None, read_only
     return FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=read_only)
 
 
+def dataset(path: str, scale: Any, translation: Any) -> dict[str, Any]:
+    """One entry of ``multiscales.datasets``: an array path with its scale and translation (nm)."""
+    return {"path": path, "coordinateTransformations": [
+        {"type": "scale", "scale": [float(v) for v in scale]},
+        {"type": "translation", "translation": [float(v) for v in translation]},
+    ]}
+
+
 def ome_attributes(name: str, voxel_size: tuple[float, float, float],
-                   translation: tuple[float, float, float]) -> dict[str, Any]:
-    """The ``ome`` attribute of a single-level image with axes z/y/x in nanometres."""
-    return {
-        "version": OME_VERSION,
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
-                "datasets": [
-                    {
-                        "path": LEVEL0,
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [float(v) for v in voxel_size]},
-                            {"type": "translation", "translation": [float(v) for v in translation]},
-                        ],
-                    }
-                ],
-            }
-        ],
+                   translation: tuple[float, float, float], *, datasets: list[dict[str, Any]] | None = None,
+                   downscaling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``ome`` attribute of an image with axes z/y/x in nanometres: level 0 only, or ``datasets`` (level 0
+    first) with the ``type`` and ``metadata`` of their downscaling."""
+    ms: dict[str, Any] = {
+        "name": name,
+        "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
+        "datasets": datasets or [dataset(LEVEL0, voxel_size, translation)],
     }
+    if downscaling:
+        ms.update(downscaling)
+    return {"version": OME_VERSION, "multiscales": [ms]}
 
 
 def create_image(url: str, storage_options: dict[str, Any] | None, *, shape: tuple[int, int, int],
@@ -83,9 +83,11 @@ def posixpath_name(url: str) -> str:
     return strip_url(url).rstrip("/").rsplit("/", 1)[-1]
 
 
-def open_level0(url: str, storage_options: dict[str, Any] | None = None, mode: str = "r+", recording: bool = False):
-    """Level 0 of an output; with ``recording``, through a :class:`~.integrity.RecordingStore`, so that what each
-    shard write stored can be vouched for (:func:`vouch_shards`)."""
+def open_level0(url: str, storage_options: dict[str, Any] | None = None, mode: str = "r+", recording: bool = False,
+                path: str = LEVEL0):
+    """Level 0 of an output, or the pyramid level at ``path``; with ``recording``, through a
+    :class:`~.integrity.RecordingStore`, so that what each shard write stored can be vouched for
+    (:func:`vouch_shards`)."""
     import zarr
 
     store = store_for(url, storage_options, read_only=(mode == "r"))
@@ -93,7 +95,26 @@ def open_level0(url: str, storage_options: dict[str, Any] | None = None, mode: s
         from .integrity import RecordingStore
 
         store = RecordingStore(store)
-    return zarr.open_array(store=store, path=LEVEL0, mode=mode)
+    return zarr.open_array(store=store, path=path, mode=mode)
+
+
+def create_level(url: str, storage_options: dict[str, Any] | None, path: str, *, shape: tuple[int, ...],
+                 dtype: Any, chunks: tuple[int, ...], shards: tuple[int, ...]):
+    """An empty pyramid level beside level 0, compressed like it (replacing one at ``path``)."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    group = zarr.open_group(store=store_for(url, storage_options), mode="r+")
+    return group.create_array(path, shape=shape, dtype=dtype, chunks=chunks, shards=shards,
+                              compressors=BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
+                              fill_value=0, dimension_names=("z", "y", "x"), overwrite=True)
+
+
+def write_ome(url: str, storage_options: dict[str, Any] | None, ome: dict[str, Any]) -> None:
+    """Replace the group's ``ome`` attribute (the other attributes stay)."""
+    import zarr
+
+    zarr.open_group(store=store_for(url, storage_options), mode="r+").attrs.update({"ome": ome})
 
 
 def read_attributes(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -134,7 +155,7 @@ def vouch_shards(array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> dict[s
     store = array.store
     out = {}
     for key in shard_keys(array, lo, hi):
-        full = f"{LEVEL0}/{key}"
+        full = f"{array.path or LEVEL0}/{key}"
         seen, record = store.take(full) if isinstance(store, RecordingStore) else (False, None)
         if not seen:
             buf = sync((array.store_path / key).get())
@@ -147,7 +168,7 @@ def make_durable(url: str, array: Any, lo: tuple[int, ...], hi: tuple[int, ...])
     """fsync the shard files of a written region (local disks; an object-store PUT is durable on return)."""
     if not is_local(url):
         return
-    root = os.path.join(local_path(url), LEVEL0)
+    root = os.path.join(local_path(url), array.path or LEVEL0)
     dirs = set()
     for key in shard_keys(array, lo, hi):
         path = os.path.join(root, key)

@@ -1,0 +1,157 @@
+"""The multiscale pyramid: 2x mean downsampling in every axis, the level shapes, and where each level lies.
+
+Pixel-centre convention (OME-NGFF, and xarray's reading of it): the scale and translation of a level map the
+integer index of a voxel to the physical position of the voxel's centre.  Voxel ``j`` of level ``k`` is the
+mean of level-0 voxels ``[2^k j, 2^k (j + 1))``, so its centre lies at level-0 index ``2^k j + (2^k - 1) / 2``:
+level ``k`` has scale ``s * 2^k`` and translation ``t + s * (2^k - 1) / 2``.
+
+An odd-sized axis keeps its last voxel: a level has ``ceil(n / 2)`` voxels and the last one averages the
+voxels that exist (the same as repeating the edge voxel).  That voxel's centre is then half a level-0 step
+off the grid the metadata gives; the OME scale-and-translation form cannot say otherwise, and the error is at
+most a quarter of the coarser voxel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .blocks import Block, Shape3
+from .errors import InputError
+
+#: what the multiscales ``type`` says, and its description for the ``metadata`` field
+METHOD = "mean"
+DESCRIPTION = ("2x2x2 block mean of the level before (integers rounded half to even); the last voxel of an "
+               "odd-sized axis averages the voxels that exist; voxel centres at integer indices")
+
+
+def downsample_mean(data: np.ndarray) -> np.ndarray:
+    """Halve every axis of a (z, y, x) block by the mean of each 2x2x2 cube (a cube cut short by an odd edge
+    averages what it holds).  Each output voxel depends on its own cube only, so any block layout whose blocks
+    start at even indices gives exactly the result of one call on the whole level.  Works on two Z slices at a
+    time, so the float64 working memory is two slices, not the block."""
+    out = np.empty(tuple(-(-n // 2) for n in data.shape), dtype=data.dtype)
+    for z in range(out.shape[0]):
+        out[z] = _halve_slab(data[2 * z: 2 * z + 2], data.dtype)
+    return out
+
+
+def _halve_slab(slab: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    acc = np.asarray(slab, dtype=np.float64)
+    for axis in range(3):
+        n = acc.shape[axis]
+        if n % 2:  # repeat the edge voxel: the mean of a cut cube is then the mean of what it holds
+            acc = np.concatenate([acc, np.take(acc, [n - 1], axis=axis)], axis=axis)
+        shape = acc.shape[:axis] + (acc.shape[axis] // 2, 2) + acc.shape[axis + 1:]
+        acc = acc.reshape(shape).sum(axis=axis + 1) * 0.5  # exact: a sum of two doubles, halved
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        acc = np.clip(np.rint(acc), info.min, info.max)
+    return acc[0].astype(dtype, copy=False)
+
+
+def half(shape: Shape3) -> Shape3:
+    return tuple(-(-n // 2) for n in shape)  # type: ignore[return-value]
+
+
+def level_shapes(shape: Shape3, chunk: Shape3, levels: int | str | None) -> list[Shape3]:
+    """Shapes of levels 1..N after level ``shape``: ``auto`` goes on until a level fits in one ``chunk``;
+    an integer asks for exactly that many (refused when the volume has fewer halvings left); 0 or None: none."""
+    if levels in (None, 0):
+        return []
+    out: list[Shape3] = []
+    cur = tuple(shape)
+    if levels == "auto":
+        while any(n > c for n, c in zip(cur, chunk)):
+            cur = half(cur)  # type: ignore[arg-type]
+            out.append(cur)  # type: ignore[arg-type]
+        return out
+    if not isinstance(levels, int) or levels < 0:
+        raise InputError(f"--levels must be a non-negative integer or auto, got {levels!r}")
+    most = max(int(np.ceil(np.log2(n))) for n in shape)  # halvings until every axis is one voxel
+    if levels > most:
+        raise InputError(f"--levels {levels} is more than the {most} halvings a volume of shape "
+                         f"{tuple(shape)} allows")
+    for _ in range(levels):
+        cur = half(cur)  # type: ignore[arg-type]
+        out.append(cur)  # type: ignore[arg-type]
+    return out
+
+
+def parse_levels(text: str | None) -> int | str:
+    """``--levels`` as given: ``auto`` or a non-negative integer."""
+    if text is None or text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InputError(f"--levels must be a non-negative integer or auto, got {text!r}")
+    return value
+
+
+def level_transform(scale: tuple[float, ...], translation: tuple[float, ...],
+                    level: int) -> tuple[list[float], list[float]]:
+    """Scale and translation of ``level`` from those of level 0 (voxel centres at integer indices)."""
+    f = 2 ** level
+    return ([float(s) * f for s in scale],
+            [float(t) + float(s) * (f - 1) / 2 for s, t in zip(scale, translation)])
+
+
+def level_layout(shape: Shape3, chunks: Shape3, shards: Shape3) -> tuple[Shape3, Shape3]:
+    """Chunk and shard shape of a level: level 0's, clipped to the level, the shard a whole number of chunks."""
+    c = tuple(min(a, n) for a, n in zip(chunks, shape))
+    s = tuple(max(cc, min(b, -(-n // cc) * cc) // cc * cc) for b, n, cc in zip(shards, shape, c))
+    return c, s  # type: ignore[return-value]
+
+
+@dataclass
+class LevelPlan:
+    """The blocks of one pyramid level for the executor: output boxes of ``block_shape`` (a whole multiple of
+    the level's shard, so one task owns each shard), each reading the box twice its size from the level before.
+    Duck-types the parts of :class:`~isovol.pipeline.blocks.BlockPlan` that the executor uses."""
+
+    src_shape: Shape3
+    out_shape: Shape3
+    block_shape: Shape3
+    factor: int = 2
+
+    def __post_init__(self) -> None:
+        self.out_shape = tuple(self.out_shape)  # type: ignore[assignment]
+        self.block_shape = tuple(min(b, n) for b, n in zip(self.block_shape, self.out_shape))  # type: ignore
+
+    @property
+    def grid(self) -> Shape3:
+        return tuple(-(-n // b) for n, b in zip(self.out_shape, self.block_shape))  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return int(np.prod(self.grid))
+
+    def blocks(self) -> Iterator[Block]:
+        for index in itertools.product(*(range(g) for g in self.grid)):
+            lo = tuple(i * b for i, b in zip(index, self.block_shape))
+            hi = tuple(min(a + b, n) for a, b, n in zip(lo, self.block_shape, self.out_shape))
+            in_lo = tuple(2 * a for a in lo)
+            in_hi = tuple(min(2 * b, n) for b, n in zip(hi, self.src_shape))
+            yield Block(index, lo, hi, in_lo, in_hi)  # type: ignore[arg-type]
+
+    def local_range(self, block: Block) -> tuple[int, int]:
+        return 0, block.out_shape[0]
+
+
+class Downsample:
+    """The pyramid's step as the executor calls a method: a block of the level before in, its mean out."""
+
+    name = f"pyramid-{METHOD}"
+    z_split_exact = False  # a block is one task; Z pieces would gain nothing here
+
+    def config(self) -> dict[str, str]:
+        return {"name": self.name}
+
+    def apply_at(self, data: np.ndarray, factor: int, start: int, stop: int,
+                 origin: tuple[int, int, int]) -> np.ndarray:
+        return downsample_mean(data)
