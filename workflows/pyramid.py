@@ -14,7 +14,7 @@ import json
 import logging
 import posixpath
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..pipeline import identity
@@ -208,9 +208,6 @@ def pyramid_command(url: str, options: dict[str, Any], levels: int | str, *, reb
 
 
 def with_pyramid(level0: Summary, pyramid: Summary) -> Summary:
-    """Level 0's summary with the pyramid's blocks added (one line and one verdict for the whole run)."""
-    out = Summary(total=level0.total, skipped=level0.skipped, done=level0.done, failed=dict(level0.failed),
-                  retried=level0.retried, not_run=level0.not_run, seconds=level0.seconds)
-    _add(out, pyramid, 0)
-    out.failed = {**level0.failed, **pyramid.failed}
-    return out
+    """Level 0's summary (its counts, which the run record's tasks are) with the pyramid's failures and blocks
+    not run added, so one verdict covers the whole run; the pyramid's own counts are logged per level."""
+    return replace(level0, failed={**level0.failed, **pyramid.failed}, not_run=level0.not_run + pyramid.not_run)

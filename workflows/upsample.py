@@ -66,7 +66,9 @@ class UpsampleRequest:
     block_timeout: float | None = None
     progress: bool = True
     command: str = ""
-    levels: int | str | None = "auto"  # pyramid levels after level 0: "auto" (until one chunk), N, or 0/None
+    #: pyramid levels after level 0: "auto" (until one chunk), N, or 0/None for none; the CLI asks for "auto", the
+    #: API for none unless told (its callers write intermediates and test outputs; `isovol pyramid` adds one later)
+    levels: int | str | None = 0
     need_voxel_size: bool = True  # False for `isovol plan`, which says "unknown" instead of refusing
 
     @property
@@ -237,7 +239,7 @@ def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: U
     register(client)  # models load once per worker and stay for later runs on this cluster (idempotent)
     summary = execute(client, ctx, todo, total=len(plan), skipped=len(plan) - len(todo), retries=req.retries,
                       timeout=req.block_timeout, progress=req.progress, worker_wait=worker_wait)
-    if summary.ok:  # the pyramid from the finished level 0 (levels 0/None: any earlier pyramid is removed)
+    if summary.ok and (req.levels or req.resume):  # the pyramid; levels 0 on a resume removes an earlier one
         summary = with_pyramid(summary, build_pyramid(
             client, req.output, dict(req.out_options), ctx.digest, req.levels, block_shape=plan.block_shape,
             fresh=bool(todo), progress=req.progress, retries=req.retries, timeout=req.block_timeout))

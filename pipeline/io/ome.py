@@ -41,9 +41,14 @@ def _apply(transforms: list[dict[str, Any]], scale: list[float], trans: list[flo
 
 def level0(ms: dict[str, Any]) -> tuple[str, list[str], list[float], list[float]]:
     """Path of level 0, axis names, and its scale and translation in nanometres (per axis)."""
+    return level(ms, 0)
+
+
+def level(ms: dict[str, Any], index: int) -> tuple[str, list[str], list[float], list[float]]:
+    """Path of the ``index``-th level, axis names, and its scale and translation in nanometres (per axis)."""
     axes = ms.get("axes") or [{"name": n} for n in "zyx"]
     axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
-    ds = ms["datasets"][0]
+    ds = ms["datasets"][index]
     n = len(axes)
     scale, trans = [1.0] * n, [0.0] * n
     _apply(ds.get("coordinateTransformations", []), scale, trans)

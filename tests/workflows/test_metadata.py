@@ -34,7 +34,8 @@ def output(tmp_path_factory, client, volume) -> str:
     out = str(d / "out.ome.zarr")
     summary = upsample(UpsampleRequest(input=src, output=out, factor=FACTOR, method="cubic", block_shape=(32, 64, 64),
                                        shard_shape=(16, 32, 32), chunk_shape=(8, 16, 16), progress=False,
-                                       command="isovol upsample in.ome.zarr out.ome.zarr --factor 4"), client=client)
+                                       command="isovol upsample in.ome.zarr out.ome.zarr --factor 4", levels="auto"),
+                     client=client)
     assert summary.ok
     return out
 
@@ -45,12 +46,18 @@ def test_multiscales(output):
     assert ome["version"] == "0.5"
     (ms,) = ome["multiscales"]
     assert [(a["name"], a["type"], a["unit"]) for a in ms["axes"]] == [(a, "space", "nanometer") for a in "zyx"]
-    (ds,) = ms["datasets"]
+    ds = ms["datasets"][0]
     assert ds["path"] == "0"
     transforms = {t["type"]: t for t in ds["coordinateTransformations"]}
     assert [t["type"] for t in ds["coordinateTransformations"]] == ["scale", "translation"]
     assert transforms["scale"]["scale"] == [IN_VOXEL[0] / FACTOR, IN_VOXEL[1], IN_VOXEL[2]] == [6.25, 8.0, 9.0]
     assert transforms["translation"]["translation"] == list(TRANSLATION)
+    # the pyramid (pipeline/pyramid.py): 2x per level, voxel centres at integer indices, until one 8x16x16 chunk
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2", "3", "4", "5"] and ms["type"] == "mean"
+    for k, d in enumerate(ms["datasets"]):
+        scale, translation = (t[t["type"]] for t in d["coordinateTransformations"])
+        assert scale == [v * 2 ** k for v in (6.25, 8.0, 9.0)]
+        assert translation == [t + v * (2 ** k - 1) / 2 for t, v in zip(TRANSLATION, (6.25, 8.0, 9.0))]
 
 
 def test_provenance(output):
@@ -88,16 +95,20 @@ def test_validates_as_ome_zarr_05(output):
     assert [a.name for a in ms.axes] == ["z", "y", "x"] and {a.unit for a in ms.axes} == {"nanometer"}
 
 
-def test_opens_in_xarray(output, volume):
-    import xarray as xr
+def test_opens_in_xarray_with_physical_coordinates(output, volume):
+    from isovol.pipeline.io.multiscale import open_multiscale
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr notes that .isovol/ is not part of the hierarchy
-        ds = xr.open_zarr(output, consolidated=False)
-    da = ds["0"]
+        levels = open_multiscale(output)
+    da = levels[0]
     assert da.dims == ("z", "y", "x") and da.shape == ((volume.shape[0] - 1) * FACTOR + 1, 64, 96)
     assert np.array_equal(da[::FACTOR].values, volume)
-    assert ds.attrs["ome"]["version"] == "0.5"
+    assert float(da.z[1] - da.z[0]) == 6.25 and float(da.x[0]) == TRANSLATION[2] and da.x.attrs["units"] == "nm"
+    assert len(levels) == 6
+    for fine, coarse in zip(levels, levels[1:]):  # each coarse voxel centred on the fine voxels it averages
+        n = fine.shape[1] // 2
+        np.testing.assert_allclose(coarse.y.values[:n], fine.y.values[: 2 * n].reshape(n, 2).mean(axis=1))
 
 
 def test_our_reader_reads_our_output(output, volume):

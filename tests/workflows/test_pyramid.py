@@ -1,0 +1,175 @@
+"""The pyramid step end to end: levels written through the executor equal the mean of the level before computed in
+one piece, over block layouts; markers per level make it resumable; ``isovol pyramid`` adds and repairs one; the
+metadata validates as OME-Zarr 0.5 on every level."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from isovol.pipeline.io.runrecord import RunState
+from isovol.pipeline.pyramid import Downsample, downsample_mean
+from isovol.workflows.bookkeeping import Bookkeeper
+from isovol.workflows.cli import main
+from isovol.workflows.pyramid import build_pyramid
+from isovol.workflows.upsample import UpsampleRequest, upsample
+
+FACTOR = 4
+
+
+@pytest.fixture(scope="module")
+def volume(crop) -> np.ndarray:
+    return np.ascontiguousarray(crop[::FACTOR, 5:60, 3:70])  # (33, 55, 67): odd sizes, cut cubes at the edges
+
+
+def _run(source: str, out, client, **kw):
+    kw.setdefault("levels", "auto")
+    return upsample(UpsampleRequest(input=source, output=str(out), factor=FACTOR, progress=False, **kw), client=client)
+
+
+def _levels(out) -> list[np.ndarray]:
+    group = zarr.open_group(str(out), mode="r")
+    paths = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+    assert paths == [str(k) for k in range(len(paths))]
+    return [group[p][...] for p in paths]
+
+
+def _assert_exact(levels: list[np.ndarray]) -> None:
+    for k in range(1, len(levels)):
+        assert np.array_equal(levels[k], downsample_mean(levels[k - 1])), f"level {k}"
+
+
+@pytest.mark.parametrize("layout", [
+    {"block_shape": (48, 32, 64), "shard_shape": (16, 32, 32), "chunk_shape": (8, 16, 16)},
+    {"block_shape": (40, 55, 40), "shard_shape": (40, 55, 20), "chunk_shape": (20, 11, 10)},
+], ids=["blocks-of-shards", "odd-chunks"])
+def test_every_level_is_the_mean_of_the_level_before_in_one_piece(tmp_path, client, source, expected, layout):
+    out = tmp_path / "out.ome.zarr"
+    summary = _run(source, out, client, **layout)
+    assert summary.ok
+    levels = _levels(out)
+    assert np.array_equal(levels[0], expected)
+    chunk = layout["chunk_shape"]
+    assert all(n <= c for n, c in zip(levels[-1].shape, chunk)), "auto stops once a level fits in one chunk"
+    assert any(n > c for n, c in zip(levels[-2].shape, chunk)), "... and not before"
+    _assert_exact(levels)
+    for k in range(1, len(levels)):  # markers of every level, counted for this run only
+        assert len(os.listdir(out / ".isovol" / "pyramid" / str(k))) >= 1
+    assert Bookkeeper(str(out), {}).read_record().state is RunState.COMPLETE
+
+
+def test_levels_validate_as_ome_zarr_05(tmp_path, client, source):
+    from ome_zarr_models.v05.image import Image
+
+    out = tmp_path / "out.ome.zarr"
+    assert _run(source, out, client, block_shape=(64, 64, 64), levels=2).ok
+    image = Image.from_zarr(zarr.open_group(str(out), mode="r"))  # checks every level's array against the axes
+    (ms,) = image.attributes.ome.multiscales
+    assert [d.path for d in ms.datasets] == ["0", "1", "2"]
+    assert [list(d.coordinateTransformations[0].scale) for d in ms.datasets] == \
+        [[10.0, 10.0, 10.0], [20.0, 20.0, 20.0], [40.0, 40.0, 40.0]]
+    assert [list(d.coordinateTransformations[1].translation) for d in ms.datasets] == \
+        [[0.0] * 3, [5.0] * 3, [15.0] * 3]
+    assert ms.type == "mean" and "mean" in ms.metadata["description"]
+
+
+def test_a_failed_level_is_finished_by_resume_and_hidden_meanwhile(tmp_path, client, source, monkeypatch):
+    out = tmp_path / "out.ome.zarr"
+    calls = {"n": 0}
+    real = Downsample.apply_at
+
+    def flaky(self, data, *args):  # the third pyramid block fails once (in-process workers share this module)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ValueError("bad block")
+        return real(self, data, *args)
+
+    monkeypatch.setattr(Downsample, "apply_at", flaky)
+    layout = {"block_shape": (32, 32, 32), "chunk_shape": (16, 16, 16)}
+    first = _run(source, out, client, **layout)
+    assert not first.ok and any(k.startswith("level ") for k in first.failed)
+    assert Bookkeeper(str(out), {}).read_record().state is RunState.INCOMPLETE
+    ome = zarr.open_group(str(out), mode="r").attrs["ome"]["multiscales"][0]
+    assert [d["path"] for d in ome["datasets"]] == ["0"], "a level being written is not listed"
+    written = calls["n"]
+    again = _run(source, out, client, resume=True, **layout)
+    assert again.ok and again.done == 0, "level 0 is not redone"
+    assert calls["n"] - written < written, "pyramid blocks marked done are skipped"
+    _assert_exact(_levels(out))
+
+
+def test_no_pyramid_and_its_removal_on_resume(tmp_path, client, source):
+    out = tmp_path / "out.ome.zarr"
+    assert _run(source, out, client, block_shape=(64, 64, 64), levels=0).ok
+    assert sorted(p for p in os.listdir(out) if not p.startswith(".")) == ["0", "zarr.json"]
+    assert _run(source, out, client, block_shape=(64, 64, 64), levels=2, resume=True).ok
+    assert len(_levels(out)) == 3
+    assert _run(source, out, client, block_shape=(64, 64, 64), levels=0, resume=True).ok
+    assert sorted(p for p in os.listdir(out) if not p.startswith(".")) == ["0", "zarr.json"]
+    assert not os.path.exists(out / ".isovol" / "pyramid" / "1")
+    assert len(_levels(out)) == 1
+
+
+def test_repair_rewrites_only_what_is_missing_and_rebuild_everything(tmp_path, client, source):
+    out = tmp_path / "out.ome.zarr"
+    assert _run(source, out, client, block_shape=(32, 32, 32), chunk_shape=(16, 16, 16), levels=3).ok
+    before = _levels(out)
+    tag = Bookkeeper(str(out), {}).read_record().tag
+    shutil.rmtree(out / "2")  # a lost level: its markers no longer describe an array
+    os.remove(out / ".isovol" / "pyramid" / "1" / "0.0.0")  # a lost marker
+    summary = build_pyramid(client, str(out), {}, tag, 3, block_shape=(32, 32, 32), progress=False)
+    level1 = len(os.listdir(out / ".isovol" / "pyramid" / "1"))
+    # the one level-1 block without a marker, then every block after it (made from changed data)
+    assert summary.ok and summary.skipped == level1 - 1 and summary.done == summary.total - summary.skipped
+    after = _levels(out)
+    assert len(after) == len(before) and all(np.array_equal(a, b) for a, b in zip(after, before))
+    full = build_pyramid(client, str(out), {}, tag, 3, block_shape=(32, 32, 32), fresh=True, progress=False)
+    assert full.ok and full.done == full.total and full.skipped == 0
+
+
+def _main(capsys, *args) -> tuple[int, str]:
+    """``isovol ARGS`` in this process (the command's own code path, joined to the module's cluster)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+def test_pyramid_command_adds_a_pyramid(tmp_path, client, source, capsys):
+    out = tmp_path / "out.ome.zarr"
+    assert _run(source, out, client, block_shape=(64, 64, 64), levels=0).ok
+    code, err = _main(capsys, "pyramid", out, "--levels", "2", "--scheduler", client.scheduler.address,
+                      "--no-progress")
+    assert code == 0, err
+    assert "isovol: pyramid: " in err
+    levels = _levels(out)
+    assert len(levels) == 3
+    _assert_exact(levels)
+    run = json.loads((out / ".isovol" / "run.json").read_text())
+    assert run["state"] == "complete"
+
+
+@pytest.mark.parametrize("case", ["missing", "foreign", "levels", "incomplete"])
+def test_pyramid_command_refusals(tmp_path, client, source, capsys, case):
+    out = tmp_path / "out.ome.zarr"
+    args = ["pyramid", out, "--scheduler", client.scheduler.address]
+    if case == "foreign":
+        zarr.create_group(str(out), zarr_format=3)
+    elif case in ("levels", "incomplete"):
+        assert _run(source, out, client, block_shape=(64, 64, 64), levels=0).ok
+        if case == "levels":
+            args += ["--levels", "-2"]
+        else:
+            os.remove(out / ".isovol" / "done" / "0.0.0")
+    code, err = _main(capsys, *args)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    expect = {"missing": "output not found", "foreign": "no isovol run record", "levels": "--levels",
+              "incomplete": "level 0 is not complete"}[case]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("isovol: error") and expect in lines[0], err
