@@ -173,3 +173,103 @@ def test_pyramid_command_refusals(tmp_path, client, source, capsys, case):
     expect = {"missing": "output not found", "foreign": "no isovol run record", "levels": "--levels",
               "incomplete": "level 0 is not complete"}[case]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("isovol: error") and expect in lines[0], err
+
+
+# -- isovol view: the served image --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, client, source):
+    """A finished output with a 3-level pyramid, served on a free port of 127.0.0.1 by the view server."""
+    import threading
+
+    from isovol.workflows.view import make_server
+
+    out = tmp_path_factory.mktemp("served") / "iso.ome.zarr"
+    assert _run(source, out, client, block_shape=(64, 64, 64), levels=3).ok
+    server = make_server(str(out), 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield out, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def _get(url: str, **headers: str):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Origin": "http://localhost:9999", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as res:
+            return res.status, dict(res.headers), res.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), b""
+
+
+def test_served_metadata_and_chunks_carry_cors_and_ranges(served):
+    out, url = served
+    status, headers, body = _get(url + "zarr.json")
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
+    assert json.loads(body)["attributes"]["ome"]["multiscales"][0]["datasets"][3]["path"] == "3"
+    shard = next(p for p in sorted((out / "1" / "c").rglob("*")) if p.is_file())
+    key = shard.relative_to(out).as_posix()
+    data = shard.read_bytes()
+    status, headers, body = _get(url + key, Range="bytes=-16")  # zarr reads the shard index at the end this way
+    assert status == 206 and body == data[-16:] and headers["Access-Control-Allow-Origin"] == "*"
+    assert headers["Content-Range"] == f"bytes {len(data) - 16}-{len(data) - 1}/{len(data)}"
+    assert _get(url + key, Range="bytes=2-11")[2] == data[2:12]
+    assert _get(url + key)[2] == data
+    assert _get(url + key, Range=f"bytes={len(data)}-")[0] == 416
+    assert _get(url + ".isovol/run.json")[0] == 404, "the run bookkeeping is not served"
+
+
+def test_preflight_allows_range_requests(served):
+    import urllib.request
+
+    _, url = served
+    req = urllib.request.Request(url + "zarr.json", method="OPTIONS",
+                                 headers={"Origin": "http://localhost:9999", "Access-Control-Request-Headers": "range"})
+    with urllib.request.urlopen(req, timeout=10) as res:
+        assert res.status == 204
+        assert res.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Range" in res.headers["Access-Control-Allow-Headers"]
+
+
+def test_zarr_and_ome_zarr_reader_open_every_level_over_http(served):
+    out, url = served
+    local = _levels(out)
+    remote = zarr.open_group(url, mode="r")  # fsspec over HTTP: sharded reads through byte ranges
+    assert all(np.array_equal(remote[str(k)][...], local[k]) for k in range(len(local)))
+    ome_zarr = pytest.importorskip("ome_zarr", reason="ome-zarr-py is in the test extra")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    assert ome_zarr.__version__
+    nodes = list(Reader(parse_url(url))())
+    data = nodes[0].data
+    assert len(data) == len(local) == 4
+    assert all(np.array_equal(np.asarray(d), v) for d, v in zip(data, local))
+    assert nodes[0].metadata["coordinateTransformations"][1][0]["scale"] == [20.0, 20.0, 20.0]
+
+
+def test_view_command_prints_the_viewer_urls_and_serves(served, isovol_exe):
+    import subprocess
+
+    out, _ = served
+    proc = subprocess.Popen([isovol_exe, "view", str(out), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]
+        url = lines[0].split(" at ")[1].strip()
+        assert url.startswith("http://127.0.0.1:") and f"zarr3://{url}" in lines[1]
+        assert f"napari --plugin napari-ome-zarr {url}" in lines[2]
+        status, headers, _ = _get(url + "zarr.json")
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("target, message", [("s3://bucket/iso.ome.zarr", "serves a local output"),
+                                             ("{tmp}", "not a zarr v3 image")])
+def test_view_refuses_what_it_cannot_serve(tmp_path, capsys, target, message):
+    code, err = _main(capsys, "view", target.format(tmp=tmp_path))
+    assert code == 2 and err.strip().startswith("isovol: error") and message in err
