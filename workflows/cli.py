@@ -23,6 +23,7 @@ from .cli_options import (
     command_line,
     factor_opt,
     fmt_bytes,
+    input_storage_opt,
     levels_value,
     method_opt,
     output_storage_opt,
@@ -116,7 +117,7 @@ def _voxel_text(voxel: Any) -> str:
 @shard_opt
 @chunk_opt
 @voxel_opt
-@storage_opt
+@input_storage_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(input_url: str, factor: int, method: str, model_dir: str | None, method_options: tuple[str, ...],
          block_shape: str | None, shard_shape: str | None, chunk_shape: str | None, voxel_size: str | None,

@@ -92,6 +92,9 @@ def factor_opt(help_text: str = "Z upsampling factor (integer >= 2).", required:
 storage_opt = click.option("--storage-options", "storage_options", default=None, metavar="JSON",
                            help="fsspec storage options for the input (and the output unless "
                                 "--output-storage-options is given), e.g. '{\"anon\": true}'.")
+input_storage_opt = click.option("--storage-options", "storage_options", default=None, metavar="JSON",
+                                 help="fsspec storage options for INPUT (credentials, endpoint), e.g. "
+                                      "'{\"anon\": true}'.")
 output_storage_opt = click.option("--storage-options", "storage_options", default=None, metavar="JSON",
                                   help="fsspec storage options for OUTPUT (credentials, endpoint).")
 voxel_opt = click.option("--voxel-size", default=None, metavar="Z,Y,X",

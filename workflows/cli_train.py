@@ -13,7 +13,16 @@ from ..pipeline.io.readers import parse_voxel_size
 from ..pipeline.io.urls import parse_storage_options
 from ..pipeline.methods.registry import DEFAULT_TRAINED
 from .cli import cli
-from .cli_options import FACTOR, block_opt, cluster_opts, device_opt, factor_opt, progress_opt, storage_opt, voxel_opt
+from .cli_options import (
+    FACTOR,
+    block_opt,
+    cluster_opts,
+    device_opt,
+    factor_opt,
+    input_storage_opt,
+    progress_opt,
+    voxel_opt,
+)
 
 
 def score_table(metrics: dict[str, Any], info: dict[str, Any]) -> list[str]:
@@ -50,7 +59,7 @@ def score_table(metrics: dict[str, Any], info: dict[str, Any]) -> list[str]:
                    "dgean).")
 @cluster_opts
 @device_opt
-@storage_opt
+@input_storage_opt
 @voxel_opt
 def train_cmd(input_url: str, model_dir: str, factor: int, method: str, recipe: str, region: str | None,
               restart_from: str | None, workers: int | None, scheduler: str | None, cluster: str,
@@ -107,7 +116,7 @@ def demo(out_dir: str, factor: int, recipe: str, workers: int | None, scheduler:
 @block_opt
 @cluster_opts
 @voxel_opt
-@storage_opt
+@input_storage_opt
 @progress_opt
 def evaluate(gt_url: str, factor: int, methods: tuple[str, ...], self_supervised: bool, device: str | None,
              out_dir: str, labels_url: str | None, inception: str | None, block_shape: str | None,
