@@ -30,27 +30,31 @@ DESCRIPTION = ("2x2x2 block mean of the level before (integers rounded half to e
 
 def downsample_mean(data: np.ndarray) -> np.ndarray:
     """Halve every axis of a (z, y, x) block by the mean of each 2x2x2 cube (a cube cut short by an odd edge
-    averages what it holds).  Each output voxel depends on its own cube only, so any block layout whose blocks
-    start at even indices gives exactly the result of one call on the whole level.  Works on two Z slices at a
-    time, so the float64 working memory is two slices, not the block."""
-    out = np.empty(tuple(-(-n // 2) for n in data.shape), dtype=data.dtype)
-    for z in range(out.shape[0]):
-        out[z] = _halve_slab(data[2 * z: 2 * z + 2], data.dtype)
-    return out
-
-
-def _halve_slab(slab: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    acc = np.asarray(slab, dtype=np.float64)
-    for axis in range(3):
-        n = acc.shape[axis]
-        if n % 2:  # repeat the edge voxel: the mean of a cut cube is then the mean of what it holds
-            acc = np.concatenate([acc, np.take(acc, [n - 1], axis=axis)], axis=axis)
-        shape = acc.shape[:axis] + (acc.shape[axis] // 2, 2) + acc.shape[axis + 1:]
-        acc = acc.reshape(shape).sum(axis=axis + 1) * 0.5  # exact: a sum of two doubles, halved
-    if np.issubdtype(dtype, np.integer):
+    averages what it holds: the edge voxel is repeated).  Each output voxel depends on its own cube only, so any
+    block layout whose blocks start at even indices gives exactly the result of one call on the whole level.
+    Integers are summed exactly in a wider integer type and rounded half to even; floats are averaged in float64."""
+    dtype = np.dtype(data.dtype)
+    pad = [(0, n % 2) for n in data.shape]
+    if any(p for _, p in pad):
+        data = np.pad(data, pad, mode="edge")
+    if dtype.kind in "iu" and dtype.itemsize <= 4:
+        acc = np.int32 if dtype.itemsize <= 2 else np.int64
+        total = data[0::2].astype(acc)
+        total += data[1::2]
+        total = total[:, 0::2] + total[:, 1::2]
+        total = total[:, :, 0::2] + total[:, :, 1::2]
+        quotient, rest = total >> 3, total & 7  # floor division by 8 and its remainder, also for negatives
+        quotient += (rest > 4) | ((rest == 4) & ((quotient & 1) == 1))  # round half to even
+        return quotient.astype(dtype)
+    total = data[0::2].astype(np.float64)
+    total += data[1::2]
+    total = total[:, 0::2] + total[:, 1::2]
+    total = total[:, :, 0::2] + total[:, :, 1::2]
+    mean = total * 0.125
+    if dtype.kind in "iu":  # 64-bit integers: float64 is as exact as the data allows
         info = np.iinfo(dtype)
-        acc = np.clip(np.rint(acc), info.min, info.max)
-    return acc[0].astype(dtype, copy=False)
+        mean = np.clip(np.rint(mean), info.min, info.max)
+    return mean.astype(dtype)
 
 
 def half(shape: Shape3) -> Shape3:
@@ -102,11 +106,18 @@ def level_transform(scale: tuple[float, ...], translation: tuple[float, ...],
             [float(t) + float(s) * (f - 1) / 2 for s, t in zip(scale, translation)])
 
 
-def level_layout(shape: Shape3, chunks: Shape3, shards: Shape3) -> tuple[Shape3, Shape3]:
-    """Chunk and shard shape of a level: level 0's, clipped to the level, the shard a whole number of chunks."""
+def _down_to_multiple(n: int, step: int) -> int:
+    return max(step, n // step * step)
+
+
+def level_layout(shape: Shape3, chunks: Shape3, shards: Shape3, block: Shape3) -> tuple[Shape3, Shape3, Shape3]:
+    """Chunk, shard and block shape of a level from level 0's: the same chunks (clipped to the level), shards and
+    blocks half as large in every axis (whole numbers of chunks and shards), so a level's block reads from the
+    level before about what a level-0 block holds, and the first level runs as many tasks as level 0 did."""
     c = tuple(min(a, n) for a, n in zip(chunks, shape))
-    s = tuple(max(cc, min(b, -(-n // cc) * cc) // cc * cc) for b, n, cc in zip(shards, shape, c))
-    return c, s  # type: ignore[return-value]
+    s = tuple(min(_down_to_multiple(b // 2, cc), -(-n // cc) * cc) for b, n, cc in zip(shards, shape, c))
+    b = tuple(min(_down_to_multiple(bb // 2, ss), -(-n // ss) * ss) for bb, n, ss in zip(block, shape, s))
+    return c, s, b  # type: ignore[return-value]
 
 
 @dataclass

@@ -134,8 +134,8 @@ def build_pyramid(client: Any, url: str, options: dict[str, Any], tag: str, leve
     block = block_shape or base.shards or base.chunks
     total, listed = Summary(total=0), True
     for k, shape in enumerate(shapes, start=1):
-        chunks, shards = level_layout(shape, base.chunks, base.shards or base.chunks)
-        plan = LevelPlan(shapes[k - 2] if k > 1 else base.shape, shape, block)
+        chunks, shards, level_block = level_layout(shape, base.chunks, base.shards or base.chunks, block)
+        plan = LevelPlan(shapes[k - 2] if k > 1 else base.shape, shape, level_block)
         digest = identity.digest({"run": tag, "level": k, "method": METHOD, "shape": list(shape),
                                   "block": list(plan.block_shape), "shards": list(shards)})
         markers = LevelMarkers(keeper, str(k), tag)

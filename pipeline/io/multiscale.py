@@ -33,7 +33,8 @@ def open_multiscale(url: str, storage_options: dict[str, Any] | None = None) -> 
         arr = group[path]
         dims = tuple(axes)
         coords = {d: trans[k] + scale[k] * np.arange(arr.shape[k]) for k, d in enumerate(dims)}
-        xa = xr.DataArray(da.from_zarr(arr), dims=dims, coords=coords, name=f"level {path}")
+        chunks = arr.shards or arr.chunks  # whole shards: one read each, and few dask tasks
+        xa = xr.DataArray(da.from_zarr(arr, chunks=chunks), dims=dims, coords=coords, name=f"level {path}")
         for d in dims:
             xa[d].attrs["units"] = "nm"
         out.append(xa)

@@ -30,7 +30,7 @@ def _reference(data: np.ndarray) -> np.ndarray:
     return out.astype(data.dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32])
 @pytest.mark.parametrize("shape", [(6, 8, 4), (7, 5, 9), (1, 3, 2)])
 def test_mean_equals_the_voxel_by_voxel_reference(dtype, shape):
     rng = np.random.default_rng(sum(shape))
@@ -109,8 +109,22 @@ def test_each_level_voxel_sits_at_the_centre_of_the_voxels_it_averages(level):
     assert level_transform(scale0, trans0, 0) == (list(scale0), list(trans0))
 
 
-def test_level_layout_keeps_whole_chunks_per_shard():
-    assert level_layout((65, 64, 64), (64, 64, 64), (256, 256, 256)) == ((64, 64, 64), (128, 64, 64))
-    assert level_layout((33, 32, 32), (64, 64, 64), (256, 256, 256)) == ((33, 32, 32), (33, 32, 32))
-    chunks, shards = level_layout((300, 200, 100), (16, 32, 32), (64, 64, 64))
-    assert chunks == (16, 32, 32) and shards == (64, 64, 64)
+def test_level_layout_halves_shards_and_blocks_in_whole_chunks():
+    # level 1 of a 257^3 output with 64^3 chunks, 128^3 shards and 256^3 blocks
+    assert level_layout((129, 128, 128), (64, 64, 64), (128, 128, 128), (256, 256, 256)) == \
+        ((64, 64, 64), (64, 64, 64), (128, 128, 128))
+    # never below one chunk, never beyond the level (rounded up to whole chunks)
+    assert level_layout((33, 32, 32), (64, 64, 64), (64, 64, 64), (64, 64, 64)) == \
+        ((33, 32, 32), (33, 32, 32), (33, 32, 32))
+    chunks, shards, block = level_layout((300, 200, 100), (16, 32, 32), (48, 64, 64), (96, 128, 192))
+    assert chunks == (16, 32, 32) and shards == (16, 32, 32) and block == (48, 64, 96)
+    assert all(s % c == 0 for s, c in zip(shards, chunks)) and all(b % s == 0 for b, s in zip(block, shards))
+
+
+def test_64_bit_integers_and_negative_values():
+    data = np.array([-3, -4, -4, -4, -4, -4, -4, -4], np.int16).reshape(2, 2, 2)  # mean -3.875 -> -4
+    assert downsample_mean(data)[0, 0, 0] == -4
+    data = np.array([-4, -4, -4, -4, -4, -4, 0, 0], np.int32).reshape(2, 2, 2)  # mean -3 exactly
+    assert downsample_mean(data)[0, 0, 0] == -3
+    big = np.full((2, 2, 2), 2**40, np.int64)
+    assert downsample_mean(big)[0, 0, 0] == 2**40
