@@ -1,6 +1,6 @@
 """What the multiscale pyramid adds to an upsample run on CPU.
 
-    python benchmarks/pyramid.py [--yx 256] [--workers 2] [--repeats 2] [--method cubic]
+    python benchmarks/pyramid.py [--yx 256] [--workers 2] [--repeats 2] [--method cubic] [--model DIR]
 
 For each repeat, on one LocalCluster started once: ``upsample`` with ``levels=0`` (level 0 only), then the
 pyramid step alone on that output (``build_pyramid``, ``auto`` levels, every level written afresh), then a whole
@@ -8,7 +8,8 @@ pyramid step alone on that output (``build_pyramid``, ``auto`` levels, every lev
 run's, and (as a cross-check) the whole run with a pyramid over the run without.  The input is real data: every
 4th slice of the bundled FlyEM FIB-SEM crop, mirrored in Y/X to ``--yx``; factor 8, so the output is
 ``(32 * 8 + 1) x yx x yx`` (257 x 256 x 256 by default).  Default layout: 64^3 chunks, 128^3 shards and blocks.
-Prints Markdown for BENCHMARKS.md.
+A learned method without ``--model`` is first trained with its ``cpu-tiny`` recipe on the same input (not timed):
+the pyramid's share of a run with a method that costs what learned ones cost.  Prints Markdown for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--method", default="cubic")
+    ap.add_argument("--model", default=None)
     ap.add_argument("--block", type=int, default=128)
     args = ap.parse_args(argv)
 
@@ -46,13 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         src, shape = make_input(root, args.yx)
         block = (args.block,) * 3
+        model = args.model or _train_tiny(src, root, args.method)
         rows, fractions, whole = [], [], []
         with cluster_client(args.workers, processes=True) as client:
             def run(out: str, levels: object) -> float:
                 t0 = time.perf_counter()
                 summary = upsample(UpsampleRequest(input=src, output=out, factor=FACTOR, method=args.method,
-                                                   block_shape=block, chunk_shape=(64, 64, 64), progress=False,
-                                                   levels=levels), client=client)
+                                                   model=model, block_shape=block, chunk_shape=(64, 64, 64),
+                                                   progress=False, levels=levels), client=client)
                 assert summary.ok, summary.failed
                 return time.perf_counter() - t0
 
@@ -81,6 +84,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nMachine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _train_tiny(src: str, root: str, method: str) -> str | None:
+    """A cpu-tiny model of a learned ``method`` trained on the input (None for a classical one)."""
+    import subprocess
+
+    from isovol.pipeline.methods import registry
+
+    if not registry.entries()[method].needs_model:
+        return None
+    model = os.path.join(root, "model")
+    isovol = os.path.join(os.path.dirname(sys.executable), "isovol")
+    subprocess.run([isovol, "-q", "train", src, model, "--factor", str(FACTOR), "--method", method, "--recipe",
+                    "cpu-tiny", "--workers", "1"], check=True)
+    return model
 
 
 if __name__ == "__main__":
