@@ -29,6 +29,7 @@ from ..pipeline.io.runrecord import META_DIR, RUN_RECORD, RunRecord, RunState
 from ..pipeline.io.urls import describe_error, filesystem, strip_url
 from ..pipeline.methods import Method, get_method
 from ..pipeline.methods.registry import REFERENCE
+from ..pipeline.pyramid import level_shapes
 from .bookkeeping import Bookkeeper
 from .cluster_watch import WORKER_WAIT
 from .executor import BlockContext, Summary, execute
@@ -110,6 +111,7 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
     plan = BlockPlan.build(vol.shape, factor, method.halo, block_shape=block_shape,
                            shard_shape=shard_shape, chunk_shape=req.chunk_shape,
                            itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel)
+    level_shapes(plan.out_shape, plan.chunk_shape, req.levels)  # too many levels: refused before any block runs
     return vol, method, plan
 
 

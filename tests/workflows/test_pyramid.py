@@ -142,6 +142,15 @@ def _main(capsys, *args) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+def test_too_many_levels_are_refused_before_anything_is_written(tmp_path, client, source):
+    from isovol.pipeline.errors import InputError
+
+    out = tmp_path / "out.ome.zarr"
+    with pytest.raises(InputError, match="--levels 9 is more than the 8 halvings"):
+        _run(source, out, client, levels=9)
+    assert not out.exists()
+
+
 def test_pyramid_command_adds_a_pyramid(tmp_path, client, source, capsys):
     out = tmp_path / "out.ome.zarr"
     assert _run(source, out, client, block_shape=(64, 64, 64), levels=0).ok
@@ -255,7 +264,9 @@ def test_view_command_prints_the_viewer_urls_and_serves(served, isovol_exe):
     import subprocess
 
     out, _ = served
-    proc = subprocess.Popen([isovol_exe, "view", str(out), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PATH": os.path.dirname(isovol_exe)}  # no napari on it: --open says so and serves on
+    proc = subprocess.Popen([isovol_exe, "view", str(out), "--port", "0", "--open"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = [proc.stdout.readline() for _ in range(4)]
         url = lines[0].split(" at ")[1].strip()
@@ -265,7 +276,8 @@ def test_view_command_prints_the_viewer_urls_and_serves(served, isovol_exe):
         assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=10)
+    assert "napari is not installed" in err
 
 
 @pytest.mark.parametrize("target, message", [("s3://bucket/iso.ome.zarr", "serves a local output"),
