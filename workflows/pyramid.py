@@ -197,13 +197,20 @@ def pyramid_command(url: str, options: dict[str, Any], levels: int | str, *, reb
         raise OutputError(f"{strip_url(url)} has no isovol run record; isovol pyramid works on isovol outputs")
     if len(keeper.done_keys(record.tag)) < record.tasks:
         raise OutputError(f"{strip_url(url)}: level 0 is not complete; finish it with isovol upsample ... --resume")
+    base = open_level0(url, options, mode="r")
+    level_shapes(base.shape, base.chunks, levels)  # too many levels: refused before the state changes
+    block = tuple(record.plan.get("block_shape") or ()) or None  # level 0's, so the markers of a repair match
     keeper.write_record(record.with_state(RunState.RUNNING))
-    with open_cluster(**cluster) as client:
-        summary = build_pyramid(client, url, options, record.tag, levels, fresh=rebuild, progress=progress,
-                                retries=retries, timeout=timeout)
-    current = keeper.read_record()
-    if current is not None and current.tag == record.tag:
-        keeper.write_record(current.with_state(RunState.COMPLETE if summary.ok else RunState.INCOMPLETE))
+    summary = None
+    try:
+        with open_cluster(**cluster) as client:
+            summary = build_pyramid(client, url, options, record.tag, levels, block_shape=block,  # type: ignore
+                                    fresh=rebuild, progress=progress, retries=retries, timeout=timeout)
+    finally:
+        current = keeper.read_record()
+        if current is not None and current.tag == record.tag:
+            ok = summary is not None and summary.ok
+            keeper.write_record(current.with_state(RunState.COMPLETE if ok else RunState.INCOMPLETE))
     return summary
 
 

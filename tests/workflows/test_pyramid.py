@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -153,7 +154,7 @@ def test_too_many_levels_are_refused_before_anything_is_written(tmp_path, client
 
 def test_pyramid_command_adds_a_pyramid(tmp_path, client, source, capsys):
     out = tmp_path / "out.ome.zarr"
-    assert _run(source, out, client, block_shape=(64, 64, 64), levels=0).ok
+    assert _run(source, out, client, block_shape=(64, 64, 64), shard_shape=(32, 32, 32), levels=0).ok
     code, err = _main(capsys, "pyramid", out, "--levels", "2", "--scheduler", client.scheduler.address,
                       "--no-progress")
     assert code == 0, err
@@ -163,6 +164,9 @@ def test_pyramid_command_adds_a_pyramid(tmp_path, client, source, capsys):
     _assert_exact(levels)
     run = json.loads((out / ".isovol" / "run.json").read_text())
     assert run["state"] == "complete"
+    code, err = _main(capsys, "pyramid", out, "--levels", "2", "--scheduler", client.scheduler.address,
+                      "--no-progress")
+    assert code == 0 and re.search(r"pyramid: (\d+) blocks: 0 done, \1 skipped", err), err  # a repair of nothing
 
 
 @pytest.mark.parametrize("case", ["missing", "foreign", "levels", "incomplete"])
