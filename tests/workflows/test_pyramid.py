@@ -152,21 +152,21 @@ def test_too_many_levels_are_refused_before_anything_is_written(tmp_path, client
     assert not out.exists()
 
 
-def test_pyramid_command_adds_a_pyramid(tmp_path, client, source, capsys):
+def test_pyramid_command_adds_a_pyramid_and_repairs_nothing_that_is_done(tmp_path, client, source, capsys):
+    layout = {"block_shape": (128, 64, 64), "shard_shape": (32, 32, 32), "chunk_shape": (16, 16, 16)}
     out = tmp_path / "out.ome.zarr"
-    assert _run(source, out, client, block_shape=(64, 64, 64), shard_shape=(32, 32, 32), levels=0).ok
-    code, err = _main(capsys, "pyramid", out, "--levels", "2", "--scheduler", client.scheduler.address,
-                      "--no-progress")
-    assert code == 0, err
-    assert "isovol: pyramid: " in err
+    assert _run(source, out, client, levels=0, **layout).ok
+    join = ["--scheduler", client.scheduler.address, "--no-progress"]
+    code, err = _main(capsys, "pyramid", out, "--levels", "2", *join)
+    assert code == 0 and "isovol: pyramid: " in err, err
     levels = _levels(out)
     assert len(levels) == 3
     _assert_exact(levels)
-    run = json.loads((out / ".isovol" / "run.json").read_text())
-    assert run["state"] == "complete"
-    code, err = _main(capsys, "pyramid", out, "--levels", "2", "--scheduler", client.scheduler.address,
-                      "--no-progress")
-    assert code == 0 and re.search(r"pyramid: (\d+) blocks: 0 done, \1 skipped", err), err  # a repair of nothing
+    assert json.loads((out / ".isovol" / "run.json").read_text())["state"] == "complete"
+    made = tmp_path / "made.ome.zarr"  # a pyramid written by upsample: the command finds every block done
+    assert _run(source, made, client, levels=2, **layout).ok
+    code, err = _main(capsys, "pyramid", made, "--levels", "2", *join)
+    assert code == 0 and re.search(r"pyramid: (\d+) blocks: 0 done, \1 skipped", err), err
 
 
 @pytest.mark.parametrize("case", ["missing", "foreign", "levels", "incomplete"])
