@@ -38,7 +38,8 @@ def downsample_mean(data: np.ndarray) -> np.ndarray:
     if any(p for _, p in pad):
         data = np.pad(data, pad, mode="edge")
     if dtype.kind in "iu" and dtype.itemsize <= 4:
-        acc = np.int32 if dtype.itemsize <= 2 else np.int64
+        # eight values fit: (u)int8 sums in 16 bits (the least memory traffic), 16-bit in 32, 32-bit in 64
+        acc = {1: np.uint16 if dtype.kind == "u" else np.int16, 2: np.int32, 4: np.int64}[dtype.itemsize]
         total = data[0::2].astype(acc)
         total += data[1::2]
         total = total[:, 0::2] + total[:, 1::2]

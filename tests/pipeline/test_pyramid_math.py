@@ -30,7 +30,7 @@ def _reference(data: np.ndarray) -> np.ndarray:
     return out.astype(data.dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32])
 @pytest.mark.parametrize("shape", [(6, 8, 4), (7, 5, 9), (1, 3, 2)])
 def test_mean_equals_the_voxel_by_voxel_reference(dtype, shape):
     rng = np.random.default_rng(sum(shape))
