@@ -28,6 +28,7 @@ pytest.importorskip("moto.server")
 
 from isovol.pipeline.io.omezarr import open_level0, read_attributes, write_image  # noqa: E402
 from isovol.pipeline.methods import get_method, upsample_array  # noqa: E402
+from isovol.pipeline.pyramid import downsample_mean  # noqa: E402
 from isovol.workflows.demo_data import load_crop  # noqa: E402
 
 BUCKET = "isovol-test"
@@ -194,13 +195,19 @@ def test_upsample_s3_to_s3_cli(moto_s3: MotoS3, zarr_input: str, low_res: np.nda
     assert attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [10.0, 10.0,
                                                                                                       10.0]
 
+    # the pyramid is written on S3 too: levels 1 and 2, each the mean of the level before
+    assert [d["path"] for d in attrs["ome"]["multiscales"][0]["datasets"]] == ["0", "1", "2"]
+    level1 = open_level0(out, opts, mode="r", path="1")[...]
+    np.testing.assert_array_equal(level1, downsample_mean(got))
+    np.testing.assert_array_equal(open_level0(out, opts, mode="r", path="2")[...], downsample_mean(level1))
+
     # one done marker per block (grid 3 x 2 x 2), and no object anywhere in the output holds the secret
     fs = moto_s3.fs()
     markers = fs.ls(f"{BUCKET}/out.ome.zarr/.isovol/done", detail=False)
     assert sorted(m.rsplit("/", 1)[-1] for m in markers) == sorted(
         f"{z}.{y}.{x}" for z in range(3) for y in range(2) for x in range(2))
     for path in fs.find(f"{BUCKET}/out.ome.zarr"):
-        if "/0/c/" not in path:  # metadata, run record, markers
+        if "/c/" not in path:  # metadata, run record, markers (not the shards of level 0 and the pyramid)
             _assert_no_secret(fs.cat_file(path).decode(), secret)
 
     # status reads the progress from S3 without a cluster
