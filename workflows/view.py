@@ -29,6 +29,8 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 class ZarrRequestHandler(SimpleHTTPRequestHandler):
     """Static files of one folder with CORS and single byte ranges."""
 
+    _remaining: int | None = None
+
     def end_headers(self) -> None:
         self.send_header("Access-Control-Allow-Origin", "*")
         self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
@@ -50,6 +52,7 @@ class ZarrRequestHandler(SimpleHTTPRequestHandler):
         return any(p.startswith(".") for p in parts if p)
 
     def send_head(self) -> Any:
+        self._remaining = None  # set by a range answer, for copyfile
         if self._hidden():
             self.send_error(HTTPStatus.NOT_FOUND, "File not found")
             return None
@@ -89,7 +92,7 @@ class ZarrRequestHandler(SimpleHTTPRequestHandler):
         return None
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
-        remaining = getattr(self, "_remaining", None)
+        remaining = self._remaining
         if remaining is None:
             return super().copyfile(source, outputfile)
         self._remaining = None

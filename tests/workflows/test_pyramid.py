@@ -232,6 +232,11 @@ def test_served_metadata_and_chunks_carry_cors_and_ranges(served):
     assert _get(url + key, Range="bytes=2-11")[2] == data[2:12]
     assert _get(url + key)[2] == data
     assert _get(url + key, Range=f"bytes={len(data)}-")[0] == 416
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(url + key, method="HEAD", headers={"Range": "bytes=-8"})) as r:
+        assert r.status == 206 and r.headers["Content-Length"] == "8" and r.read() == b""
+    assert _get(url + key, Range="bytes=0-3")[2] == data[:4], "a HEAD leaves nothing behind for the next request"
     assert _get(url + ".isovol/run.json")[0] == 404, "the run bookkeeping is not served"
 
 
