@@ -10,6 +10,7 @@ a viewer never sees a half-made level.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import posixpath
@@ -37,6 +38,7 @@ from ..pipeline.io.urls import strip_url
 from ..pipeline.pyramid import DESCRIPTION, METHOD, Downsample, LevelPlan, level_layout, level_shapes, level_transform
 from .bookkeeping import Bookkeeper
 from .executor import BlockContext, Summary, execute
+from .verify import DOCUMENTS_RECORD, record_documents
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,10 @@ class LevelMarkers:
     def check_current(self, digest: str) -> None:
         self.keeper.check_current(self.tag)
 
-    def mark_done(self, key: str, digest: str) -> None:
-        body = json.dumps({"block": key, "level": self.level, "hash": digest, "time": time.time()}).encode()
+    def mark_done(self, key: str, digest: str, shards: dict[str, Any] | None = None) -> None:
+        """As :meth:`Bookkeeper.mark_done`: the marker vouches for the ``shards`` the block stored."""
+        body = json.dumps({"block": key, "level": self.level, "hash": digest, "time": time.time(),
+                           **({"shards": shards} if shards is not None else {})}).encode()
         path = posixpath.join(self.directory, key)
         if self.keeper.local:
             atomic_write(path, body)
@@ -143,7 +147,7 @@ def build_pyramid(client: Any, url: str, options: dict[str, Any], tag: str, leve
         done = markers.done_keys(digest) if reuse else set()
         todo = [b for b in plan.blocks() if b.key not in done]
         if todo and listed:  # levels being written are not listed meanwhile
-            write_ome(url, options, _image_ome(url, options, k - 1))
+            _list_levels(url, options, keeper, k - 1)
             listed = False
         if not reuse:
             markers.clear()
@@ -158,8 +162,17 @@ def build_pyramid(client: Any, url: str, options: dict[str, Any], tag: str, leve
         if not summary.ok:
             return total
     _drop_levels_from(url, options, keeper, len(shapes) + 1)
-    write_ome(url, options, _image_ome(url, options, len(shapes)))
+    _list_levels(url, options, keeper, len(shapes))
+    record_documents(keeper, tag)  # the metadata as it now is, for status --verify
     return total
+
+
+def _list_levels(url: str, options: dict[str, Any], keeper: Bookkeeper, levels: int) -> None:
+    """Rewrite the multiscales metadata to list levels 0..``levels``.  The recorded copy of the metadata
+    (workflows/verify.py) no longer matches, so it goes first; the finished pyramid records it again."""
+    with contextlib.suppress(FileNotFoundError):
+        keeper.fs.rm(keeper.output_path(DOCUMENTS_RECORD))
+    write_ome(url, options, _image_ome(url, options, levels))
 
 
 def _add(total: Summary, part: Summary, level: int) -> None:

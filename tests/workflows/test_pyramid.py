@@ -19,6 +19,7 @@ from isovol.workflows.bookkeeping import Bookkeeper
 from isovol.workflows.cli import main
 from isovol.workflows.pyramid import build_pyramid
 from isovol.workflows.upsample import UpsampleRequest, upsample
+from isovol.workflows.verify import verify_output
 
 FACTOR = 4
 
@@ -62,6 +63,8 @@ def test_every_level_is_the_mean_of_the_level_before_in_one_piece(tmp_path, clie
     for k in range(1, len(levels)):  # markers of every level, counted for this run only
         assert len(os.listdir(out / ".isovol" / "pyramid" / str(k))) >= 1
     assert Bookkeeper(str(out), {}).read_record().state is RunState.COMPLETE
+    report = verify_output(str(out))
+    assert report.ok and report.documents_checked, report.line()
 
 
 def test_levels_validate_as_ome_zarr_05(tmp_path, client, source):
@@ -163,6 +166,8 @@ def test_pyramid_command_adds_a_pyramid_and_repairs_nothing_that_is_done(tmp_pat
     assert len(levels) == 3
     _assert_exact(levels)
     assert json.loads((out / ".isovol" / "run.json").read_text())["state"] == "complete"
+    report = verify_output(str(out))  # the metadata the pyramid rewrote is what the output now records
+    assert report.ok and report.documents_checked, report.line()
     made = tmp_path / "made.ome.zarr"  # a pyramid written by upsample: the command finds every block done
     assert _run(source, made, client, levels=2, **layout).ok
     code, err = _main(capsys, "pyramid", made, "--levels", "2", *join)
