@@ -34,7 +34,7 @@ from ..pipeline.io.omezarr import (
 )
 from ..pipeline.io.readers import ZarrVolume
 from ..pipeline.io.runrecord import RunState
-from ..pipeline.io.urls import strip_url
+from ..pipeline.io.urls import describe_error, strip_url
 from ..pipeline.pyramid import DESCRIPTION, METHOD, Downsample, LevelPlan, level_layout, level_shapes, level_transform
 from .bookkeeping import Bookkeeper
 from .executor import BlockContext, Summary, execute
@@ -133,7 +133,15 @@ def build_pyramid(client: Any, url: str, options: dict[str, Any], tag: str, leve
     ``fresh``: level 0 changed in this run, so every level is written again.  Returns one summary for all levels
     (block keys of failures prefixed with their level)."""
     keeper = Bookkeeper(url, dict(options))
-    base = open_level0(url, options, mode="r")
+    if not levels:  # no pyramid: remove one an earlier run made, touching nothing else
+        if _remove_pyramid(url, options, keeper):
+            record_documents(keeper, tag)
+        return Summary(total=0)
+    try:
+        base = open_level0(url, options, mode="r")
+    except Exception as exc:
+        raise OutputError(f"cannot read level 0 of {strip_url(url)} ({describe_error(exc)}); isovol status --verify "
+                          "names what is damaged") from None
     shapes = level_shapes(base.shape, base.chunks, levels)
     block = block_shape or base.shards or base.chunks
     total, listed = Summary(total=0), True
@@ -167,6 +175,16 @@ def build_pyramid(client: Any, url: str, options: dict[str, Any], tag: str, leve
     return total
 
 
+def _remove_pyramid(url: str, options: dict[str, Any], keeper: Bookkeeper) -> bool:
+    """Drop every level after 0 and list level 0 alone; False when there was no pyramid to remove."""
+    ms = multiscales(read_attributes(url, options)) or [{}]
+    listed = len(ms[0].get("datasets") or ()) > 1
+    dropped = _drop_levels_from(url, options, keeper, 1)
+    if listed:
+        _list_levels(url, options, keeper, 0)
+    return listed or dropped
+
+
 def _list_levels(url: str, options: dict[str, Any], keeper: Bookkeeper, levels: int) -> None:
     """Rewrite the multiscales metadata to list levels 0..``levels``.  The recorded copy of the metadata
     (workflows/verify.py) no longer matches, so it goes first; the finished pyramid records it again."""
@@ -185,15 +203,18 @@ def _add(total: Summary, part: Summary, level: int) -> None:
     total.failed.update({f"level {level} {k}": v for k, v in part.failed.items()})
 
 
-def _drop_levels_from(url: str, options: dict[str, Any], keeper: Bookkeeper, first: int) -> None:
-    """Remove levels ``first`` and up left by an earlier, deeper pyramid (and their markers)."""
+def _drop_levels_from(url: str, options: dict[str, Any], keeper: Bookkeeper, first: int) -> bool:
+    """Remove levels ``first`` and up left by an earlier, deeper pyramid (and their markers); True if any."""
     fs = keeper.fs
     root = posixpath.dirname(keeper.root)
+    found = False
     for p in fs.ls(root, detail=False):
         name = posixpath.basename(p.rstrip("/"))
         if name.isdigit() and int(name) >= first and name != LEVEL0:
             fs.rm(p, recursive=True)
             LevelMarkers(keeper, name, "").clear()
+            found = True
+    return found
 
 
 def pyramid_command(url: str, options: dict[str, Any], levels: int | str, *, rebuild: bool, cluster: dict[str, Any],
