@@ -123,7 +123,7 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
          block_shape: str | None, shard_shape: str | None, chunk_shape: str | None, voxel_size: str | None,
          storage_options: str | None, as_json: bool) -> None:
     """Print the block plan for INPUT: voxel sizes, grid, tasks, bytes and peak memory per block."""
-    from ..pipeline.geometry import output_voxel_size
+    from ..pipeline.geometry import anisotropy_warning, output_voxel_size
     from .upsample import UpsampleRequest, prepare
 
     req = UpsampleRequest(input=input_url, output="<plan>", factor=factor, method=method, model=model_dir,
@@ -134,6 +134,9 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
                           voxel_size=parse_voxel_size(voxel_size),
                           storage_options=parse_storage_options(storage_options), need_voxel_size=False)
     vol, meth, p = prepare(req)
+    warning = anisotropy_warning(vol.voxel_size, p.factor)
+    if warning:
+        log.warning(warning)
     out_voxel = list(output_voxel_size(vol.voxel_size, p.factor)) if vol.voxel_size else None
     info: dict[str, Any] = {"input": strip_url(input_url), "dtype": str(vol.dtype), "method": meth.name,
                             "input_voxel_size_nm": list(vol.voxel_size) if vol.voxel_size else None,

@@ -100,9 +100,6 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
     if auto:
         factor = auto_factor(vol.voxel_size, strip_url(req.input))
         method.check_factor(factor)
-    warning = anisotropy_warning(vol.voxel_size, factor)
-    if warning:
-        log.warning(warning)
     method.check_input(vol.dtype)
     block_shape = req.block_shape or method.preferred_block_shape(output_shape(vol.shape, factor))
     shard_shape = req.shard_shape
@@ -215,6 +212,9 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
             _remove_output(fs, path, req.output, keeper)
         record = _create(req, vol, method, plan, components, digest, keeper)
     tag = record.tag
+    warning = anisotropy_warning(vol.voxel_size, plan.factor)  # once the run goes ahead: a refusal is one line
+    if warning:
+        log.warning(warning)
     done = keeper.done_keys(tag)
     todo = [b for b in plan.blocks() if b.key not in done]
     log.info("%s -> %s: %d blocks, %d already done, method %s, factor %d", strip_url(req.input),

@@ -299,3 +299,21 @@ def test_view_command_prints_the_viewer_urls_and_serves(served, isovol_exe):
 def test_view_refuses_what_it_cannot_serve(tmp_path, capsys, target, message):
     code, err = _main(capsys, "view", target.format(tmp=tmp_path))
     assert code == 2 and err.strip().startswith("isovol: error") and message in err
+
+
+def test_the_anisotropy_warning_comes_once_a_run_goes_ahead(tmp_path, client, source, caplog):
+    """(--factor: the output voxel far from a cube is one warning line; a refused request is one error line.)"""
+    import logging
+
+    from isovol.pipeline.errors import ResumeError
+
+    out = tmp_path / "out.ome.zarr"
+    with caplog.at_level(logging.WARNING, logger="isovol"):
+        assert upsample(UpsampleRequest(input=source, output=str(out), factor=2, progress=False), client=client).ok
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+            "the output voxel 20,10,10 nm is 100% from isotropic; --factor 4 (or auto) gives 10 nm"]
+        caplog.clear()
+        with pytest.raises(ResumeError):
+            upsample(UpsampleRequest(input=source, output=str(out), factor=8, resume=True, progress=False),
+                     client=client)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
