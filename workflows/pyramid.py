@@ -201,6 +201,7 @@ def _add(total: Summary, part: Summary, level: int) -> None:
     total.not_run += part.not_run
     total.seconds += part.seconds
     total.failed.update({f"level {level} {k}": v for k, v in part.failed.items()})
+    total.stopped = total.stopped or part.stopped
 
 
 def _drop_levels_from(url: str, options: dict[str, Any], keeper: Bookkeeper, first: int) -> bool:
@@ -251,4 +252,5 @@ def pyramid_command(url: str, options: dict[str, Any], levels: int | str, *, reb
 def with_pyramid(level0: Summary, pyramid: Summary) -> Summary:
     """Level 0's summary (its counts, which the run record's tasks are) with the pyramid's failures and blocks
     not run added, so one verdict covers the whole run; the pyramid's own counts are logged per level."""
-    return replace(level0, failed={**level0.failed, **pyramid.failed}, not_run=level0.not_run + pyramid.not_run)
+    return replace(level0, failed={**level0.failed, **pyramid.failed}, not_run=level0.not_run + pyramid.not_run,
+                   stopped=level0.stopped or pyramid.stopped)
