@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ..pipeline.errors import InputError
+from ..pipeline.errors import InputError, yaml_problem
 from .local import cluster_client, quiet_dask_logs
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def load_config(kind: str, config_path: str | os.PathLike | None = None,
         except FileNotFoundError:
             raise InputError(f"cluster config not found: {config_path}") from None
         except yaml.YAMLError as e:
-            raise InputError(f"cluster config {config_path} is not valid YAML: {e}") from None
+            raise InputError(f"cluster config {config_path} is not valid YAML: {yaml_problem(e)}") from None
         if user is None:
             user = {}
         if not isinstance(user, dict):

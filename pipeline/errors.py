@@ -24,3 +24,13 @@ class ResumeError(OutputError):
 
 class StaleRunError(OutputError):
     """A block of a run whose output has since been deleted or replaced: it must not write there."""
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: what the parser expected and where (PyYAML's own text spans three)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"

@@ -205,6 +205,10 @@ class NpyVolume(Volume):
             raise InputError(f"{strip_url(url)} holds Python objects; isovol reads numeric arrays only")
         self._lead, self.shape = _squeeze_shape(shape, url)
         self.dtype = np.dtype(dtype)
+        need = self._offset + int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+        size = int(fs.size(path))
+        if size < need:  # a cut copy: every block would fail on its own, after the output was made
+            raise InputError(f"{strip_url(url)} is truncated: {size} bytes, its header needs {need}")
 
     def _open(self) -> Any:
         if is_local(self.url):

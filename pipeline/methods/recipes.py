@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import yaml
 
-from ..errors import InputError
+from ..errors import InputError, yaml_problem
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -29,7 +29,7 @@ def parse_yaml(text: str, label: str) -> dict[str, Any]:
     try:
         spec = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise InputError(f"{label} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{label} is not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(spec, dict):
         raise InputError(f"{label}: expected a mapping of settings, got {type(spec).__name__}")
     return spec

@@ -62,6 +62,16 @@ def test_unknown_keys_are_refused_clearly(tmp_path):
         load_config("slurm", f)
 
 
+def test_invalid_yaml_is_one_line_with_its_place(tmp_path):
+    """PyYAML's own message spans three lines; the CLI prints errors as one."""
+    f = tmp_path / "bad.yaml"
+    f.write_text("workers: 2\ncluster: [\n")
+    with pytest.raises(InputError) as info:
+        load_config("local", f)
+    msg = str(info.value)
+    assert "\n" not in msg and "not valid YAML" in msg and "line 3, column 1" in msg, msg
+
+
 def test_overrides_apply_and_types_are_checked(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("jobs: 3\nqueue: gpu\njob_extra_directives: ['--qos=high']\n")

@@ -336,6 +336,16 @@ def test_fortran_npy_is_refused(tmp_path, data):
     expect_input_error(str(tmp_path / "f.npy"), "Fortran-ordered")
 
 
+def test_truncated_npy_is_refused_when_opened(tmp_path, data):
+    """Guards against a cut copy passing as an input: every block then fails on its own, after the output was
+    created, instead of one line before anything is made."""
+    np.save(tmp_path / "whole.npy", data)
+    raw = (tmp_path / "whole.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(raw[: len(raw) - 1])
+    expect_input_error(str(tmp_path / "cut.npy"), f"truncated: {len(raw) - 1} bytes, its header needs {len(raw)}")
+    assert open_volume(str(tmp_path / "whole.npy")).shape == data.shape
+
+
 def test_hdf5_dataset_must_be_named_when_ambiguous(tmp_path, data):
     """Guards against picking an arbitrary dataset out of a file that holds several volumes."""
     path = tmp_path / "two.h5"
