@@ -25,6 +25,8 @@ from ..pipeline.io.urls import describe_error, filesystem, is_local, strip_url
 log = logging.getLogger(__name__)
 
 DONE_DIR = "done"
+#: where the pyramid levels keep their done markers: PYRAMID_DIR/<level>/<block> (workflows/pyramid.py)
+PYRAMID_DIR = "pyramid"
 
 
 def _atomic_put(fs: Any, path: str, data: bytes, local: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from ..pipeline.io.integrity import damage, vouch
 from ..pipeline.io.omezarr import LEVEL0
 from ..pipeline.io.runrecord import META_DIR
 from ..pipeline.io.urls import strip_url
-from .bookkeeping import Bookkeeper
+from .bookkeeping import PYRAMID_DIR, Bookkeeper
 from .cli_options import fmt_bytes
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class Report:
         """One line per damaged document and shard."""
         out = [f"metadata {doc}: {why}" for doc, why in sorted(self.documents.items())]
         for block in sorted(self.damaged, key=_block_order):
-            out += [f"block {block}: shard {key}: {why}" for key, why in sorted(self.damaged[block].items())]
+            name = f"level {block.replace('/', ' block ')}" if "/" in block else f"block {block}"
+            out += [f"{name}: shard {key}: {why}" for key, why in sorted(self.damaged[block].items())]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,8 +97,10 @@ class Report:
 
 
 def _block_order(key: str) -> tuple[int, ...]:
+    """Level 0's blocks first, then each pyramid level's (``"<level>/<block>"``), each in grid order."""
+    level, _, block = key.rpartition("/")
     try:
-        return tuple(int(v) for v in key.split("."))
+        return (int(level or 0), *(int(v) for v in block.split(".")))
     except ValueError:
         return (-1,)
 
@@ -108,7 +112,7 @@ def verify(keeper: Bookkeeper, tag: str, readers: int | None = None) -> Report:
     readers = readers or (READERS_LOCAL if keeper.local else READERS_REMOTE)
     report = Report()
     jobs = []
-    for block, marker in keeper.done_markers(tag).items():
+    for block, marker in {**keeper.done_markers(tag), **pyramid_markers(keeper)}.items():
         shards = marker.get("shards")
         if not isinstance(shards, dict):
             report.unchecked += 1
@@ -129,6 +133,37 @@ def verify(keeper: Bookkeeper, tag: str, readers: int | None = None) -> Report:
     report.documents_checked, report.documents = _check_documents(keeper, tag)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def pyramid_markers(keeper: Bookkeeper) -> dict[str, dict[str, Any]]:
+    """The done markers of every pyramid level, by ``"<level>/<block>"``.  A level's markers all belong to the
+    pyramid now listed: building a level afresh removes its earlier markers first (workflows/pyramid.py)."""
+    base = posixpath.join(keeper.root, PYRAMID_DIR)
+    try:
+        paths = [p for p in keeper.fs.find(base) if not posixpath.basename(p).startswith(".tmp-")]
+    except FileNotFoundError:
+        return {}
+    markers = {}
+    for p, raw in keeper.fs.cat(paths, on_error="omit").items() if paths else ():
+        level, block = posixpath.relpath(p, base).split("/")[-2:]
+        try:
+            body = json.loads(raw)
+        except ValueError:  # a damaged marker vouches for nothing (and its block is redone by the pyramid)
+            continue
+        if isinstance(body, dict):
+            markers[f"{level}/{block}"] = body
+    return markers
+
+
+def _unmark(keeper: Bookkeeper, block: str) -> None:
+    """Withdraw a block's marker, a pyramid level's (``"<level>/<block>"``) or level 0's."""
+    if "/" not in block:
+        keeper.unmark(block)
+        return
+    try:
+        keeper.fs.rm(posixpath.join(keeper.root, PYRAMID_DIR, block))
+    except FileNotFoundError:
+        pass
 
 
 def _why(data: bytes | None, expected: Any) -> str | None:
@@ -211,7 +246,7 @@ def repair(keeper: Bookkeeper, tag: str) -> Report:
         log.info("%s", line)
     _restore_documents(keeper, tag, report.documents)
     for block, shards in report.damaged.items():
-        keeper.unmark(block)  # before any shard goes: a kill here must not leave a marked block without its shards
+        _unmark(keeper, block)  # before any shard goes: a kill here must not leave a marked block without its shards
         for key in shards:
             if keeper.read(key) is not None:
                 keeper.fs.rm(keeper.output_path(key))

@@ -111,3 +111,32 @@ def test_verify_goes_with_resume(tmp_path, source, cli):
     res = cli("upsample", source, out, "--factor", FACTOR, "--verify", cwd=tmp_path)
     assert "--verify goes with --resume" in error_line(res) and res.returncode == 2
     assert not out.exists()
+
+
+def test_damaged_pyramid_levels_are_named_and_repaired_bitwise(tmp_path, client, source, cli):
+    """The pyramid's markers vouch for their shards too: status --verify names a damaged level's block, and
+    --resume --verify redoes it (and the levels built from it) until the output equals an undamaged one."""
+    req = UpsampleRequest(input=source, output=str(tmp_path / "clean" / "out.ome.zarr"), factor=FACTOR,
+                          block_shape=(64, 64, 64), shard_shape=(32, 64, 64), progress=False, levels=2)
+    assert upsample(req, client=client).ok
+    clean = req.output
+    out = str(tmp_path / "out.ome.zarr")
+    shutil.copytree(clean, out)
+    level1 = sorted(k for k in files(out, os.path.join("1", "c")))
+    level2 = sorted(k for k in files(out, os.path.join("2", "c")))
+    os.truncate(os.path.join(out, level1[0]), 5)
+    os.remove(os.path.join(out, level2[-1]))
+
+    found = cli("status", out, "--verify")
+    assert found.returncode == 4, found.stderr
+    details = [ln.strip() for ln in found.stdout.splitlines() if ln.strip().startswith("level ")]
+    assert len(details) == 2, found.stdout
+    assert details[0].startswith("level 1 block ") and f"shard {level1[0]}: " in details[0], found.stdout
+    assert details[1].startswith("level 2 block ") and f"shard {level2[-1]}: " in details[1], found.stdout
+
+    resumed = upsample(UpsampleRequest(**{**req.__dict__, "output": out, "resume": True, "verify": True}),
+                       client=client)
+    assert resumed.ok, resumed.line()
+    for level in ("0", "1", "2"):
+        assert files(out, level) == files(clean, level), level
+    assert verify_output(out).ok
