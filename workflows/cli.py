@@ -107,6 +107,12 @@ def _voxel_text(voxel: Any) -> str:
     return ",".join(f"{v:g}" for v in voxel) + " nm" if voxel else "unknown (pass --voxel-size Z,Y,X)"
 
 
+def _levels_text(shapes: list[list[int]]) -> str:
+    if not shapes:
+        return "none: level 0 fits in one chunk"
+    return f"{len(shapes)} level{'s' * (len(shapes) > 1)} after 0: " + ", ".join(str(tuple(s)) for s in shapes)
+
+
 @cli.command()
 @click.argument("input_url", metavar="INPUT")
 @factor_opt(AUTO_FACTOR_HELP, auto=True)
@@ -124,6 +130,7 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
          storage_options: str | None, as_json: bool) -> None:
     """Print the block plan for INPUT: voxel sizes, grid, tasks, bytes and peak memory per block."""
     from ..pipeline.geometry import anisotropy_warning, output_voxel_size
+    from ..pipeline.pyramid import level_shapes
     from .upsample import UpsampleRequest, prepare
 
     req = UpsampleRequest(input=input_url, output="<plan>", factor=factor, method=method, model=model_dir,
@@ -140,7 +147,8 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
     out_voxel = list(output_voxel_size(vol.voxel_size, p.factor)) if vol.voxel_size else None
     info: dict[str, Any] = {"input": strip_url(input_url), "dtype": str(vol.dtype), "method": meth.name,
                             "input_voxel_size_nm": list(vol.voxel_size) if vol.voxel_size else None,
-                            "output_voxel_size_nm": out_voxel, **p.describe()}
+                            "output_voxel_size_nm": out_voxel, **p.describe(),
+                            "pyramid_levels": [list(s) for s in level_shapes(p.out_shape, p.chunk_shape, "auto")]}
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
@@ -157,6 +165,7 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
         ("peak memory per task", fmt_bytes(b["peak"])),
         # a task hands its thread to the next block before its writes finish (workflows/executor.py)
         ("per worker thread", f"up to {fmt_bytes(2 * b['peak'])}: one block computing, one finishing its writes"),
+        ("pyramid (--levels auto)", _levels_text(info["pyramid_levels"])),
     ]
     width = max(len(r[0]) for r in rows)
     for k, v in rows:

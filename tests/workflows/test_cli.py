@@ -171,6 +171,7 @@ def test_plan_prints_grid_tasks_and_memory(tmp_path, inputs, cli):
     assert re.search(r"^per worker thread\s+up to \d.*one block computing, one finishing its writes$", text, re.M)
     assert re.search(r"^output\s+\(129, 64, 64\)", text, re.M), text
     assert "halo z=1" in text
+    assert re.search(r"^pyramid \(--levels auto\)\s+\d levels? after 0: \(", text, re.M), text
     assert os.listdir(tmp_path) == [], "plan writes nothing"
 
 
@@ -184,6 +185,11 @@ def test_plan_json(tmp_path, inputs, cli):
     assert plan["shard_shape"] == [8, 32, 32] and plan["method"] == "linear"
     b = plan["block_bytes"]
     assert b["peak"] == b["input"] + b["output"] + b["working"] > 16 * 32 * 64
+    # the pyramid --levels auto writes: halvings (rounded up) until a level fits in one chunk
+    shapes, chunk = [plan["output_shape"], *plan["pyramid_levels"]], plan["chunk_shape"]
+    assert len(shapes) > 1
+    assert all(b == [-(-n // 2) for n in a] for a, b in zip(shapes, shapes[1:]))
+    assert all(n <= c for n, c in zip(shapes[-1], chunk)) and any(n > c for n, c in zip(shapes[-2], chunk))
 
 
 def test_plan_refuses_bad_input(tmp_path, inputs, cli):
