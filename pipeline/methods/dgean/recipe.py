@@ -8,7 +8,7 @@ from typing import Any
 
 from ...errors import InputError
 from ..recipes import check_keys, settings_from_dict
-from .network import DGEANConfig
+from .config import DGEANConfig
 from .trainer import TrainConfig
 
 

@@ -24,7 +24,8 @@ from ...errors import InputError
 from ...losses import DGEANLoss, load_lpips
 from ...trainers.common import data_scale, lr_at, psnr_batch
 from ...trainers.state import publish, published_step, resume, save_checkpoint
-from .network import DGEANConfig, build_dgean, cubic_at_depths
+from .config import DGEANConfig
+from .network import build_dgean, cubic_at_depths
 from .windows import WindowSampler
 
 
