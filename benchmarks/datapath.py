@@ -1,0 +1,222 @@
+"""The executor's data path on CPU, with stand-in methods of known cost (issue 18 (a), (b) and the scale check).
+
+    python benchmarks/datapath.py [--quick] [--yx 2048] [--workers 1 2] [--rates 300 1000] [--scale 100 1000 10000]
+
+(a) ``nearest`` (almost no compute) through the whole executor -- read, method, encode, write, fsync, marker --
+    in output Mvox/s, next to the ceiling: zarr-python alone writing the same shards with the same codec from one
+    process (the data made beforehand; without and with an fsync per shard, as the executor does).
+(b) A stand-in "GPU" method: nearest, then a GIL-free wait sized so that the method alone runs at R Mvox/s per
+    worker (a network that fast).  The end-to-end rate over ``workers * R`` is the efficiency a GPU would see.
+(c) Scale: the executor's own cost per block and the client's memory as the block count grows (32^3-voxel blocks
+    of a method that writes zeros; per-block wall time and the client process's peak RSS).
+
+Input: FlyEM medulla FIB-SEM (training_sample1, 250^3 at 10 nm, ``../shared/data``): every 8th slice (32 slices),
+mirrored in Y/X to --yx; factor 8, output 249 x yx x yx uint8 (1.04 Gvox at yx 2048).  Blocks 128 x 512 x 512
+of 64^3 chunks in 128 x 256 x 256 shards unless told.  Each worker is a process with one thread, as GPU workers
+are.  Prints Markdown for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+FACTOR = 8
+DEFAULT_VOLUME = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "flyem_medulla_fibsem_10nm",
+                              "training_sample1", "training_sample1_zyx_uint8.npy")
+
+
+# -- stand-in methods (defined here, shipped to the workers by value) --------------------------------------------
+def standin_entry(rate_mvox: float) -> Any:
+    """A registry entry ``standin-<rate>``: nearest plus a sleep of voxels / rate (the GIL is released)."""
+    from isovol.pipeline.methods.base import Method
+    from isovol.pipeline.methods.interp import Interpolation
+    from isovol.pipeline.methods.registry import Kind, MethodEntry
+
+    class StandIn(Method):
+        name, z_split_exact = f"standin-{rate_mvox:g}", True
+
+        def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
+            out = Interpolation("nearest").apply(data, factor, start, stop)
+            time.sleep(out.size / (rate_mvox * 1e6))
+            return out
+
+    return MethodEntry(f"standin-{rate_mvox:g}", Kind.CLASSICAL, "benchmark stand-in", lambda _m, **_o: StandIn())
+
+
+def zeros_entry() -> Any:
+    """``zeros``: a block of zeros, the executor's cost alone."""
+    from isovol.pipeline.methods.base import Method
+    from isovol.pipeline.methods.registry import Kind, MethodEntry
+
+    class Zeros(Method):
+        name, z_split_exact = "zeros", True
+
+        def apply(self, data: np.ndarray, factor: int, start: int, stop: int) -> np.ndarray:
+            return np.zeros((stop - start,) + data.shape[1:], data.dtype)
+
+    return MethodEntry("zeros", Kind.CLASSICAL, "benchmark stand-in", lambda _m, **_o: Zeros())
+
+
+def register(*items: Any) -> None:
+    from isovol.pipeline.methods import registry
+
+    for e in items:
+        registry.entries()[e.name] = e
+
+
+# -- data ------------------------------------------------------------------------------------------------------
+def make_input(root: str, volume: str, yx: int) -> tuple[str, np.ndarray]:
+    from isovol.pipeline.io.omezarr import write_image
+
+    low = np.load(volume, mmap_mode="r")[::FACTOR]
+    reps = -(-yx // low.shape[1])
+    tiled = np.pad(np.asarray(low), ((0, 0), (0, (reps - 1) * low.shape[1]), (0, (reps - 1) * low.shape[2])),
+                   mode="symmetric")[:, :yx, :yx]
+    url = os.path.join(root, f"in-{yx}.ome.zarr")
+    write_image(url, np.ascontiguousarray(tiled), (10.0 * FACTOR, 10.0, 10.0), chunks=(32, 256, 256))
+    return url, tiled
+
+
+def ceiling(root: str, low: np.ndarray, chunk: tuple, shard: tuple, fsync: bool) -> float:
+    """Mvox/s of zarr alone writing the nearest-upsampled volume shard by shard with isovol's codec."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from isovol.pipeline.methods.interp import Interpolation
+
+    out_z = (low.shape[0] - 1) * FACTOR + 1
+    data = Interpolation("nearest").apply(low, FACTOR, 0, out_z)
+    path = os.path.join(root, f"ceiling-{fsync}.zarr")
+    arr = zarr.create_array(zarr.storage.LocalStore(path), shape=data.shape, dtype=data.dtype, chunks=chunk,
+                            shards=shard, compressors=BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
+                            fill_value=0)
+    t0 = time.perf_counter()
+    for z in range(0, data.shape[0], shard[0]):
+        for y in range(0, data.shape[1], shard[1]):
+            for x in range(0, data.shape[2], shard[2]):
+                box = (slice(z, z + shard[0]), slice(y, y + shard[1]), slice(x, x + shard[2]))
+                arr[box] = data[box]
+                if fsync:
+                    key = f"c/{z // shard[0]}/{y // shard[1]}/{x // shard[2]}"
+                    fd = os.open(os.path.join(path, key), os.O_RDONLY)
+                    os.fsync(fd)
+                    os.close(fd)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(path)
+    return data.size / 1e6 / seconds
+
+
+def run(client: Any, root: str, src: str, method: str, block: tuple, shard: tuple,
+        chunk: tuple = (64, 64, 64)) -> tuple[float, int]:
+    """(wall seconds, output voxels) of one upsample through the executor."""
+    from isovol.workflows.upsample import UpsampleRequest, upsample
+
+    out = os.path.join(root, f"out-{method}.ome.zarr")
+    req = UpsampleRequest(input=src, output=out, factor=FACTOR, method=method, block_shape=block,
+                          shard_shape=shard, chunk_shape=chunk, progress=False, overwrite=True)
+    t0 = time.perf_counter()
+    summary = upsample(req, client=client)
+    seconds = time.perf_counter() - t0
+    assert summary.ok, summary.line()
+    import zarr
+
+    voxels = int(np.prod(zarr.open_array(os.path.join(out, "0"), mode="r").shape))
+    shutil.rmtree(out)
+    return seconds, voxels
+
+
+class PeakRSS(threading.Thread):
+    """The peak resident memory of this (the client's) process, sampled."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.05)
+
+
+def scale_rows(client: Any, root: str, counts: list[int]) -> list[str]:
+    """Per-block executor cost and client peak RSS for growing numbers of 32^3-voxel blocks."""
+    from isovol.pipeline.io.omezarr import write_image
+
+    rows = []
+    for n in counts:
+        side = int(np.ceil(np.sqrt(n)))
+        low = np.zeros((5, 32 * side, 32 * side), np.uint8)  # 33 output slices: one block row in Z
+        src = os.path.join(root, f"scale-{n}.ome.zarr")
+        write_image(src, low, (80.0, 10.0, 10.0), chunks=(5, 256, 256))
+        probe = PeakRSS()
+        base = probe.proc.memory_info().rss
+        probe.start()
+        seconds, _ = run(client, root, src, "zeros", (40, 32, 32), (40, 32, 32), (40, 32, 32))
+        probe.stop.set()
+        probe.join()
+        blocks = side * side
+        rows.append(f"| {blocks} | {seconds:.1f} | {1e3 * seconds / blocks:.1f} | "
+                    f"{(probe.peak - base) / 2**20:+.0f} |")
+        shutil.rmtree(src)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--volume", default=DEFAULT_VOLUME)
+    ap.add_argument("--yx", type=int, default=2048)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rates", type=float, nargs="+", default=[300.0, 1000.0])
+    ap.add_argument("--scale", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--block", type=int, nargs=3, default=[128, 512, 512])
+    ap.add_argument("--shard", type=int, nargs=3, default=[128, 256, 256])
+    ap.add_argument("--quick", action="store_true", help="yx 512, scale 100 and 1000")
+    args = ap.parse_args()
+    if args.quick:
+        args.yx, args.scale = 512, [100, 1000]
+    from dask.distributed import Client, LocalCluster
+
+    register(zeros_entry(), *(standin_entry(r) for r in args.rates))
+    root = tempfile.mkdtemp(prefix="isovol-datapath-")
+    block, shard = tuple(args.block), tuple(args.shard)
+    try:
+        src, low = make_input(root, args.volume, args.yx)
+        ceil_plain = ceiling(root, low, (64, 64, 64), shard, fsync=False)
+        ceil_sync = ceiling(root, low, (64, 64, 64), shard, fsync=True)
+        print(f"Measured {datetime.date.today()} on {platform.machine()} ({os.cpu_count()} cores); output "
+              f"{(low.shape[0] - 1) * FACTOR + 1} x {args.yx} x {args.yx} uint8; blocks {block}, shards {shard}.\n")
+        print(f"zarr alone, one process: {ceil_plain:.0f} Mvox/s ({ceil_sync:.0f} with an fsync per shard)\n")
+        print("| workers | method | end to end Mvox/s | vs zarr alone (fsync) | vs the method alone |")
+        print("|---|---|---|---|---|")
+        scale: list[str] = []
+        for w in args.workers:
+            with LocalCluster(n_workers=w, threads_per_worker=1, processes=True) as cluster, Client(cluster) as c:
+                for method in ["nearest", *(f"standin-{r:g}" for r in args.rates)]:
+                    seconds, voxels = run(c, root, src, method, block, shard)
+                    rate = voxels / 1e6 / seconds
+                    alone = "" if method == "nearest" else f"{rate / (w * float(method.split('-')[1])):.2f}"
+                    print(f"| {w} | {method} | {rate:.0f} | {rate / ceil_sync:.2f} | {alone} |", flush=True)
+                if w == max(args.workers):
+                    scale = scale_rows(c, root, args.scale)
+        print(f"\nScale ({max(args.workers)} workers, 32^3-voxel blocks of zeros):\n")
+        print("| blocks | seconds | ms per block | client peak RSS, MiB over start |")
+        print("|---|---|---|---|")
+        print("\n".join(scale))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
