@@ -23,6 +23,7 @@ from ..pipeline.geometry import (
     parse_region,
 )
 from ..pipeline.identity import digest as identity_digest
+from ..pipeline.io.locations import check_distinct
 from ..pipeline.io.omezarr import create_image, remove_partials
 from ..pipeline.io.readers import RegionVolume, Vec3, Volume, open_volume
 from ..pipeline.io.runrecord import META_DIR, RUN_RECORD, RunRecord, RunState
@@ -88,8 +89,6 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         raise InputError("--resume and --overwrite exclude each other")
     if req.verify and not req.resume:
         raise InputError("--verify goes with --resume (to only check an output: isovol status --verify)")
-    if strip_url(req.input) == strip_url(req.output):
-        raise InputError("the output must not be the input")
     vol = open_volume(req.input, req.storage_options, req.voxel_size)
     if req.region:
         vol = RegionVolume(vol, parse_region(req.region, vol.shape))
@@ -185,6 +184,7 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     """Run (or resume) one upsampling; returns the summary. Raises IsovolError for unusable requests."""
     if client is None:
         check_cluster(req.cluster, req.cluster_config, req.scheduler)  # a bad cluster config fails before any write
+    check_distinct(req.input, req.output, req.storage_options, req.out_options)  # however either is spelled
     vol, method, plan = prepare(req)
     components = run_components(vol, method, plan)
     digest = identity_digest(components)
