@@ -18,13 +18,25 @@ from typing import Any
 
 from ..pipeline import identity
 from ..pipeline.errors import OutputError, ResumeError, StaleRunError
-from ..pipeline.io.atomic import atomic_write
+from ..pipeline.io.atomic import atomic_write, exclusive_write
 from ..pipeline.io.runrecord import META_DIR, RUN_RECORD, DamagedRecord, RunRecord, RunState
 from ..pipeline.io.urls import describe_error, filesystem, is_local, strip_url
 
 log = logging.getLogger(__name__)
 
 DONE_DIR = "done"
+
+
+def _exclusive_put(fs: Any, path: str, data: bytes, local: bool) -> bool:
+    """Write a small file only if none has its name: True if this call made it.  Locally a hard-link publish;
+    on S3 a conditional PUT (If-None-Match: *), which the store decides; other fsspec stores check, then write."""
+    if local:
+        return exclusive_write(path, data)
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
 
 
 def _atomic_put(fs: Any, path: str, data: bytes, local: bool) -> None:
@@ -86,6 +98,18 @@ class Bookkeeper:
 
     def write_record(self, record: RunRecord) -> None:
         _atomic_put(self.fs, posixpath.join(self.root, RUN_RECORD), record.to_json().encode(), self.local)
+
+    def create_record(self, record: RunRecord) -> bool:
+        """Write the first run record of a new output, exclusively: False (nothing written) when the output
+        already has one -- of two runs creating one output at the same moment, exactly one gets True."""
+        return self.create(posixpath.join(META_DIR, RUN_RECORD), record.to_json().encode())
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` (relative to the output) only if it does not exist yet; True if this call made it."""
+        try:
+            return _exclusive_put(self.fs, self.output_path(key), data, self.local)
+        except Exception as exc:  # storage errors (credentials, missing bucket): one clear line
+            raise OutputError(f"cannot create output {strip_url(self.url)}: {describe_error(exc)}") from None
 
     def check_current(self, tag: str) -> None:
         """Refuse to write for a run that is no longer the output's: the output was deleted or replaced (another
