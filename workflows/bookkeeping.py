@@ -202,8 +202,14 @@ class Bookkeeper:
         _atomic_put(self.fs, self.output_path(key), data, self.local)
 
 
+#: what ``isovol status`` calls an output whose blocks are all marked done but whose run was not finalised (killed
+#: between its last block and recording completion, or its pyramid failed): ``--resume`` finalises it
+NOT_FINALISED = "all blocks done, not finalised"
+
+
 def status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Progress of a run, read from its record and markers alone (no cluster)."""
+    """Progress of a run, read from its record and markers alone (no cluster).  ``condition`` is what a user
+    acts on: ``complete`` (readable), :data:`NOT_FINALISED`, or ``blocks remaining``."""
     keeper = Bookkeeper(url, dict(storage_options or {}))
     record = keeper.read_record()
     if record is None:
@@ -213,7 +219,11 @@ def status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str,
         raise OutputError(f"{strip_url(url)} has no isovol run record")
     done = keeper.done_keys(record.tag) if record.readable else set()
     method = record.components.get("method")
+    remaining = max(record.tasks - len(done), 0)
+    finalised = record.state is RunState.COMPLETE
+    condition = "blocks remaining" if remaining or not record.tasks else "complete" if finalised else NOT_FINALISED
     return {"output": strip_url(url), "state": record.state.value if record.state else "unknown",
-            "tasks": record.tasks, "done": len(done), "remaining": max(record.tasks - len(done), 0),
+            "condition": condition, "finalised": finalised,
+            "tasks": record.tasks, "done": len(done), "remaining": remaining,
             "method": method.get("name") if isinstance(method, dict) else None,
             "factor": record.components.get("factor"), "hash": record.hash or None}

@@ -155,7 +155,8 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     log.info("%s -> %s: %d blocks, %d already done, method %s, factor %d", strip_url(req.input),
              strip_url(req.output), len(plan), len(plan) - len(todo), req.method, plan.factor)
     ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, tag, overlap=req.overlap)
-    _set_state(keeper, tag, RunState.RUNNING)
+    if todo:  # only with work to do: a resume of a complete output stays complete (and readable) if killed
+        _set_state(keeper, tag, RunState.RUNNING)
     if client is None:
         wait = float(load_config(req.cluster or "local", req.cluster_config)["worker_wait"])
         with open_cluster(req.cluster, req.cluster_config, req.workers, req.scheduler,

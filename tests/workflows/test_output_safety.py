@@ -4,7 +4,9 @@ made by real runs; the command line where a user would meet the problem."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,10 +14,12 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import psutil
 import pytest
 from clirun import ISOVOL, ONE_THREAD, error_line, read_output, tree
 
 from isovol.pipeline.errors import OutputError
+from isovol.pipeline.io.readers import open_volume
 from isovol.pipeline.io.runrecord import Owner, RunState, owning
 from isovol.workflows import upsample as upsample_mod
 from isovol.workflows.bookkeeping import Bookkeeper
@@ -199,3 +203,66 @@ def test_of_two_runs_removing_one_output_exactly_one_claims_it(tmp_path, client,
     with owning() as owner:
         keeper.write_record(record.with_state(RunState.DELETING, owner))
         assert not claim(keeper, record, owner), "the record changed since it was read: no claim"
+
+
+# -- 7. a complete output stays complete; "all blocks done" is not "complete" --------------------------------
+
+
+def _group_alive(pgid: int) -> list[psutil.Process]:
+    alive = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return alive
+
+
+def test_a_resume_of_a_complete_output_killed_at_start_up_leaves_it_complete(tmp_path, client, source, expected,
+                                                                             cli):
+    """``--resume`` of a complete output, SIGKILLed while its cluster starts (its first worker process is up):
+    nothing was left to do, so the output is still complete and is still accepted as an input."""
+    out = tmp_path / "out.ome.zarr"
+    assert upsample(request(source, out), client=client).ok
+    before = tree(out)
+    cmd = [ISOVOL, "upsample", source, str(out), "--factor", str(FACTOR), "--block-shape", "32,32,32",
+           "--resume", "--no-pyramid", "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=ONE_THREAD)
+    try:
+        while len(_group_alive(proc.pid)) < 2 and proc.poll() is None:  # the CLI and its first worker process
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the kill must land during start-up"
+    assert Bookkeeper(str(out), {}).read_record().state is RunState.COMPLETE
+    assert tree(out) == before
+    status = cli("status", out)
+    assert status.returncode == 0 and "complete, 20/20 blocks done" in status.stdout
+    assert open_volume(str(out)).shape == expected.shape, "still accepted as an input"
+
+
+def test_all_blocks_done_but_not_finalised_is_named_and_exits_3(tmp_path, client, source, expected, cli):
+    """Killed between its last done marker and recording completion, a run leaves every block marked and the
+    state "running": status names that (exit 3, also with --json) and --resume finalises it."""
+    out = tmp_path / "out.ome.zarr"
+    assert upsample(request(source, out), client=client).ok
+    keeper = Bookkeeper(str(out), {})
+    keeper.write_record(keeper.read_record().with_state(RunState.RUNNING))  # what such a kill leaves
+    status = cli("status", out)
+    assert status.returncode == 3, status.stderr
+    assert "all blocks done, not finalised (state running), 20/20 blocks done" in status.stdout
+    assert "--resume to finalise it" in status.stdout
+    as_json = cli("status", out, "--json")
+    assert as_json.returncode == 3
+    info = json.loads(as_json.stdout)
+    assert (info["state"], info["condition"], info["finalised"], info["remaining"]) == (
+        "running", "all blocks done, not finalised", False, 0)
+
+    summary = upsample(request(source, out, resume=True), client=client)
+    assert summary.ok and summary.skipped == summary.total == 20
+    assert cli("status", out).returncode == 0 and cli("status", out, "--json").returncode == 0
+    assert json.loads(cli("status", out, "--json").stdout)["condition"] == "complete"
+    assert np.array_equal(read_output(out), expected)
