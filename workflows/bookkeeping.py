@@ -36,6 +36,10 @@ def _exclusive_put(fs: Any, path: str, data: bytes, local: bool) -> bool:
         fs.pipe_file(path, data, mode="create")
     except FileExistsError:
         return False
+    except (TypeError, NotImplementedError):  # a store client without exclusive writes: check, then write
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
     return True
 
 
