@@ -18,7 +18,7 @@ from typing import Any
 
 from ..pipeline import identity
 from ..pipeline.errors import OutputError, ResumeError, StaleRunError
-from ..pipeline.io.atomic import atomic_write
+from ..pipeline.io.atomic import atomic_write, exclusive_write
 from ..pipeline.io.runrecord import META_DIR, RUN_RECORD, DamagedRecord, RunRecord, RunState
 from ..pipeline.io.urls import describe_error, filesystem, is_local, strip_url
 
@@ -27,6 +27,22 @@ log = logging.getLogger(__name__)
 DONE_DIR = "done"
 #: where the pyramid levels keep their done markers: PYRAMID_DIR/<level>/<block> (workflows/pyramid.py)
 PYRAMID_DIR = "pyramid"
+
+
+def _exclusive_put(fs: Any, path: str, data: bytes, local: bool) -> bool:
+    """Write a small file only if none has its name: True if this call made it.  Locally a hard-link publish;
+    on S3 a conditional PUT (If-None-Match: *), which the store decides; other fsspec stores check, then write."""
+    if local:
+        return exclusive_write(path, data)
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    except (TypeError, NotImplementedError):  # a store client without exclusive writes: check, then write
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
+    return True
 
 
 def _atomic_put(fs: Any, path: str, data: bytes, local: bool) -> None:
@@ -88,6 +104,18 @@ class Bookkeeper:
 
     def write_record(self, record: RunRecord) -> None:
         _atomic_put(self.fs, posixpath.join(self.root, RUN_RECORD), record.to_json().encode(), self.local)
+
+    def create_record(self, record: RunRecord) -> bool:
+        """Write the first run record of a new output, exclusively: False (nothing written) when the output
+        already has one -- of two runs creating one output at the same moment, exactly one gets True."""
+        return self.create(posixpath.join(META_DIR, RUN_RECORD), record.to_json().encode())
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` (relative to the output) only if it does not exist yet; True if this call made it."""
+        try:
+            return _exclusive_put(self.fs, self.output_path(key), data, self.local)
+        except Exception as exc:  # storage errors (credentials, missing bucket): one clear line
+            raise OutputError(f"cannot create output {strip_url(self.url)}: {describe_error(exc)}") from None
 
     def check_current(self, tag: str) -> None:
         """Refuse to write for a run that is no longer the output's: the output was deleted or replaced (another
@@ -180,8 +208,14 @@ class Bookkeeper:
         _atomic_put(self.fs, self.output_path(key), data, self.local)
 
 
+#: what ``isovol status`` calls an output whose blocks are all marked done but whose run was not finalised (killed
+#: between its last block and recording completion, or its pyramid failed): ``--resume`` finalises it
+NOT_FINALISED = "all blocks done, not finalised"
+
+
 def status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Progress of a run, read from its record and markers alone (no cluster)."""
+    """Progress of a run, read from its record and markers alone (no cluster).  ``condition`` is what a user
+    acts on: ``complete`` (readable), :data:`NOT_FINALISED`, or ``blocks remaining``."""
     keeper = Bookkeeper(url, dict(storage_options or {}))
     record = keeper.read_record()
     if record is None:
@@ -191,7 +225,11 @@ def status(url: str, storage_options: dict[str, Any] | None = None) -> dict[str,
         raise OutputError(f"{strip_url(url)} has no isovol run record")
     done = keeper.done_keys(record.tag) if record.readable else set()
     method = record.components.get("method")
+    remaining = max(record.tasks - len(done), 0)
+    finalised = record.state is RunState.COMPLETE
+    condition = "blocks remaining" if remaining or not record.tasks else "complete" if finalised else NOT_FINALISED
     return {"output": strip_url(url), "state": record.state.value if record.state else "unknown",
-            "tasks": record.tasks, "done": len(done), "remaining": max(record.tasks - len(done), 0),
+            "condition": condition, "finalised": finalised,
+            "tasks": record.tasks, "done": len(done), "remaining": remaining,
             "method": method.get("name") if isinstance(method, dict) else None,
             "factor": record.components.get("factor"), "hash": record.hash or None}

@@ -197,7 +197,8 @@ def methods_cmd(as_json: bool) -> None:
               "sizes and checksums against the markers, and the metadata documents (no decoding); exit 4 when "
               "any is damaged.")
 def status(output_url: str, storage_options: str | None, as_json: bool, verify: bool) -> None:
-    """Report the progress of a run from OUTPUT alone (no cluster needed)."""
+    """Report the progress of a run from OUTPUT alone (no cluster needed); exit 3 until it is complete."""
+    from .bookkeeping import NOT_FINALISED
     from .bookkeeping import status as read_status
     from .verify import verify_output
 
@@ -208,15 +209,18 @@ def status(output_url: str, storage_options: str | None, as_json: bool, verify: 
         click.echo(json.dumps(info | ({"verify": report.to_dict()} if report else {}), indent=1))
     else:
         pct = 100.0 * info["done"] / info["tasks"] if info["tasks"] else 0.0
-        click.echo(f"{info['output']}: {info['state']}, {info['done']}/{info['tasks']} blocks done ({pct:.1f} %), "
-                   f"{info['remaining']} remaining; method {info['method']}, factor {info['factor']}")
+        state, hint = info["state"], ""
+        if info["condition"] == NOT_FINALISED:
+            state, hint = f"{NOT_FINALISED} (state {state})", "; rerun its command with --resume to finalise it"
+        click.echo(f"{info['output']}: {state}, {info['done']}/{info['tasks']} blocks done ({pct:.1f} %), "
+                   f"{info['remaining']} remaining; method {info['method']}, factor {info['factor']}{hint}")
         if report is not None:
             click.echo(f"{info['output']}: {report.line()}" + (f"; {report.remedy()}" if not report.ok else ""))
             for line in report.details():
                 click.echo(f"  {line}")
     if report is not None and not report.ok:
         sys.exit(4)
-    if info["remaining"] and not as_json:
+    if info["condition"] != "complete":  # blocks remain, or the run was not finalised
         sys.exit(3)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,9 +22,10 @@ from ..pipeline.geometry import (
     parse_region,
 )
 from ..pipeline.identity import digest as identity_digest
+from ..pipeline.io.locations import check_distinct
 from ..pipeline.io.omezarr import create_image, remove_partials
 from ..pipeline.io.readers import RegionVolume, Vec3, Volume, open_volume
-from ..pipeline.io.runrecord import META_DIR, RUN_RECORD, RunRecord, RunState
+from ..pipeline.io.runrecord import Owner, RunRecord, RunState, owning
 from ..pipeline.io.urls import describe_error, filesystem, strip_url
 from ..pipeline.methods import Method, get_method
 from ..pipeline.methods.registry import REFERENCE
@@ -33,6 +33,7 @@ from ..pipeline.pyramid import level_shapes
 from .bookkeeping import Bookkeeper
 from .cluster_watch import WORKER_WAIT
 from .executor import BlockContext, Summary, execute
+from .outputs import refusal, remove_output, take_leftover
 from .pyramid import build_pyramid, with_pyramid
 from .verify import record_documents, repair
 
@@ -88,8 +89,6 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         raise InputError("--resume and --overwrite exclude each other")
     if req.verify and not req.resume:
         raise InputError("--verify goes with --resume (to only check an output: isovol status --verify)")
-    if strip_url(req.input) == strip_url(req.output):
-        raise InputError("the output must not be the input")
     vol = open_volume(req.input, req.storage_options, req.voxel_size)
     if req.region:
         vol = RegionVolume(vol, parse_region(req.region, vol.shape))
@@ -137,80 +136,16 @@ def _output_state(req: UpsampleRequest) -> tuple[Any, str, bool]:
         raise OutputError(f"cannot access {strip_url(req.output)}: {describe_error(exc)}") from None
 
 
-#: run-record states of an output that an interrupted run left half made (nothing in it is worth keeping), and
-#: what it was left half
-UNFINISHED = {RunState.CREATING: "created", RunState.DELETING: "deleted"}
-
-
-def _leftover(fs: Any, path: str, keeper: Bookkeeper) -> RunState | None:
-    """The state (creating or deleting) of an output an interrupted run left half made, else None."""
-    if not fs.isdir(path):
-        return None
-    record = keeper.read_record(damaged_ok=True)
-    if record is not None:
-        return record.state if record.state in UNFINISHED else None
-    return RunState.CREATING if _bare_bookkeeping(fs, path) else None
-
-
-def _bare_bookkeeping(fs: Any, path: str) -> bool:
-    """Only ``.isovol/`` with at most temporary files in it: killed before the first run record was written."""
-    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
-    meta = posixpath.join(path, META_DIR)
-    return names == [META_DIR] and all(posixpath.basename(f).startswith(".tmp-") for f in fs.find(meta))
-
-
-def _remove_output(fs: Any, path: str, url: str, keeper: Bookkeeper) -> None:
-    """Delete a previous isovol output for --overwrite, but never a folder isovol did not make.
-
-    The run record is marked "deleting" first and removed last, so a kill at any point of a long delete (minutes
-    on an object store) leaves an output that the next run recognises as half deleted and clears."""
-    is_dir = fs.isdir(path)
-    record = keeper.read_record(damaged_ok=True) if is_dir else None
-    if not is_dir or (record is None and fs.ls(path) and not _bare_bookkeeping(fs, path)):  # the user's
-        raise OutputError(f"{strip_url(url)} exists and is not an isovol output; refusing to overwrite it")
-    if record is not None and record.state is not RunState.DELETING:
-        keeper.write_record(record.with_state(RunState.DELETING))
-    meta = posixpath.join(path, META_DIR)
-    for p in fs.ls(path, detail=False):
-        if posixpath.basename(p.rstrip("/")) != META_DIR:
-            fs.rm(p, recursive=True)
-    if fs.exists(meta):
-        for p in fs.ls(meta, detail=False):
-            if posixpath.basename(p.rstrip("/")) != RUN_RECORD:
-                fs.rm(p, recursive=True)
-    fs.rm(path, recursive=True)
-
-
 def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     """Run (or resume) one upsampling; returns the summary. Raises IsovolError for unusable requests."""
     if client is None:
         check_cluster(req.cluster, req.cluster_config, req.scheduler)  # a bad cluster config fails before any write
+    check_distinct(req.input, req.output, req.storage_options, req.out_options)  # however either is spelled
     vol, method, plan = prepare(req)
     components = run_components(vol, method, plan)
     digest = identity_digest(components)
     keeper = Bookkeeper(req.output, dict(req.out_options))
-    fs, path, exists = _output_state(req)
-    unfinished = _leftover(fs, path, keeper) if exists else None
-    if unfinished is not None:
-        log.info("%s was left half %s by an interrupted run; removing it", strip_url(req.output),
-                 UNFINISHED[unfinished])
-        _remove_output(fs, path, req.output, keeper)
-        exists = False
-    fresh = not exists or req.overwrite
-    if exists and not (req.resume or req.overwrite):
-        raise OutputError(f"output {strip_url(req.output)} exists; pass --resume to continue it or --overwrite "
-                          "to replace it")
-    if exists and req.resume:
-        record = keeper.check_resume(components)
-        removed = remove_partials(req.output, req.out_options)
-        if removed:
-            log.info("removed %d partial file(s) left by an interrupted writer", removed)
-        if req.verify:
-            repair(keeper, record.tag)
-    if fresh:
-        if exists:
-            _remove_output(fs, path, req.output, keeper)
-        record = _create(req, vol, method, plan, components, digest, keeper)
+    record = _open_output(req, vol, method, plan, components, digest, keeper)
     tag = record.tag
     warning = anisotropy_warning(vol.voxel_size, plan.factor)  # once the run goes ahead: a refusal is one line
     if warning:
@@ -220,7 +155,8 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     log.info("%s -> %s: %d blocks, %d already done, method %s, factor %d", strip_url(req.input),
              strip_url(req.output), len(plan), len(plan) - len(todo), req.method, plan.factor)
     ctx = BlockContext(vol, method, plan, req.output, dict(req.out_options), keeper, tag, overlap=req.overlap)
-    _set_state(keeper, tag, RunState.RUNNING)
+    if todo:  # only with work to do: a resume of a complete output stays complete (and readable) if killed
+        _set_state(keeper, tag, RunState.RUNNING)
     if client is None:
         wait = float(load_config(req.cluster or "local", req.cluster_config)["worker_wait"])
         with open_cluster(req.cluster, req.cluster_config, req.workers, req.scheduler,
@@ -232,6 +168,30 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
         record_documents(keeper, tag)  # before "complete": a finished output's metadata can be verified
     _set_state(keeper, tag, RunState.COMPLETE if summary.ok else RunState.INCOMPLETE)
     return summary
+
+
+def _open_output(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, components: dict[str, Any],
+                 digest: str, keeper: Bookkeeper) -> RunRecord:
+    """The run record of the output this run writes: the resumed one, or a fresh output's (workflows/outputs.py:
+    a leftover is cleared only once its owner is gone, and the output is created by one run only)."""
+    fs, path, exists = _output_state(req)
+    with owning() as owner:  # this run, while it clears, removes or creates the output
+        if exists:
+            exists = take_leftover(fs, path, req.output, keeper, owner, req.overwrite)
+        if exists and not (req.resume or req.overwrite):
+            raise OutputError(f"output {strip_url(req.output)} exists; pass --resume to continue it or --overwrite "
+                              "to replace it")
+        if exists and req.resume:
+            record = keeper.check_resume(components)
+            removed = remove_partials(req.output, req.out_options)
+            if removed:
+                log.info("removed %d partial file(s) left by an interrupted writer", removed)
+            if req.verify:
+                repair(keeper, record.tag)
+            return record
+        if exists:
+            remove_output(fs, path, req.output, keeper, owner)
+        return _create(req, vol, method, plan, components, digest, keeper, owner)
 
 
 def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: UpsampleRequest,
@@ -249,7 +209,7 @@ def _execute(client: Any, ctx: BlockContext, todo: list, plan: BlockPlan, req: U
 
 
 def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, components: dict[str, Any],
-            digest: str, keeper: Bookkeeper) -> RunRecord:
+            digest: str, keeper: Bookkeeper, owner: Owner) -> RunRecord:
     provenance = {
         "method": req.method,  # the registry's name, as asked for; method_config names what ran (e.g. dgean for d2r)
         "method_config": method.config(),
@@ -266,10 +226,12 @@ def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     record = RunRecord(hash=digest, generation=uuid.uuid4().hex[:16], components=components, tasks=len(plan),
-                       plan=plan.describe(), state=RunState.CREATING)
+                       plan=plan.describe(), state=RunState.CREATING, owner=owner)
+    # the record first ("creating", with its owner) and exclusively: a run that finds one made by another run
+    # refuses and touches nothing; a kill while the image is set up leaves an output the next run clears
+    if not keeper.create_record(record):
+        raise refusal(keeper, req.output)
     try:
-        # the record first ("creating"), so a kill while the image is set up leaves an output the next run clears
-        keeper.write_record(record)
         keeper.ensure_writable()
         create_image(req.output, req.out_options, shape=plan.out_shape, dtype=vol.dtype,
                      chunks=plan.chunk_shape, shards=plan.shard_shape,
@@ -279,15 +241,18 @@ def _create(req: UpsampleRequest, vol: Volume, method: Method, plan: BlockPlan, 
         keeper.write_record(record)
         return record
     except Exception as exc:
-        _cleanup_new(req)
+        _cleanup_new(req, keeper, owner)
         if isinstance(exc, OutputError):
             raise
         raise OutputError(f"cannot create output {strip_url(req.output)}: {describe_error(exc)}") from None
 
 
-def _cleanup_new(req: UpsampleRequest) -> None:
-    """Leave nothing behind when a fresh output could not be set up."""
+def _cleanup_new(req: UpsampleRequest, keeper: Bookkeeper, owner: Owner) -> None:
+    """Leave nothing behind when a fresh output could not be set up -- while it is still this run's."""
     try:
+        record = keeper.read_record(damaged_ok=True)
+        if record is None or record.owner is None or record.owner.token != owner.token:
+            return
         fs, path = filesystem(req.output, req.out_options)
         if fs.exists(path):
             fs.rm(path, recursive=True)

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -40,11 +46,88 @@ class DamagedRecord(ValueError):
     """The run record cannot be read as one (not JSON, not a mapping, fields of the wrong type)."""
 
 
+#: tokens of the owners at work in this process (see :func:`owning`): threads share a pid, so the pid alone
+#: cannot tell whether an owner in this process is still at work
+_LIVE: set[str] = set()
+
+
+def _pid_namespace() -> str:
+    """Two containers may share a host name but not their process ids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who is creating or deleting an output (kept in the run record while it does), so that a later run tells a
+    live owner's half-made output, which it must leave alone, from a dead one's, which it clears."""
+
+    host: str
+    pid: int
+    token: str
+    since: float
+    pidns: str = ""
+
+    @classmethod
+    def new(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), secrets.token_hex(8), time.time(), _pid_namespace())
+
+    def alive(self) -> bool | None:
+        """True or False on this host (pid namespace); None for an owner on another host, which cannot be asked."""
+        if self.host != socket.gethostname() or self.pidns != _pid_namespace():
+            return None
+        if self.pid == os.getpid():
+            return self.token in _LIVE
+        import psutil
+
+        try:
+            proc = psutil.Process(self.pid)
+            # a later process given the same pid is not the owner
+            return proc.create_time() <= self.since + 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.AccessDenied:
+            return True
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}, since {time.strftime('%H:%M:%S UTC', time.gmtime(self.since))}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": self.pid, "token": self.token, "since": self.since, "pidns": self.pidns}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Owner:
+        if not isinstance(data, dict):
+            raise DamagedRecord("the owner is not a JSON object")
+        try:
+            owner = cls(host=data["host"], pid=int(data["pid"]), token=data["token"], since=float(data["since"]),
+                        pidns=data.get("pidns", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DamagedRecord(f"the owner is damaged: {exc}") from None
+        if not all(isinstance(v, str) for v in (owner.host, owner.token, owner.pidns)):
+            raise DamagedRecord("an owner field has the wrong type")
+        return owner
+
+
+@contextmanager
+def owning() -> Iterator[Owner]:
+    """An owner for the span of a create or delete: alive while the block runs, dead once it is left (by a
+    return, an error or an interrupt) -- as a killed process is."""
+    owner = Owner.new()
+    _LIVE.add(owner.token)
+    try:
+        yield owner
+    finally:
+        _LIVE.discard(owner.token)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What an output's run record says.  ``hash`` is the run's identity (``identity.digest`` of its
     ``components``); ``generation`` is made anew each time the output is created; ``state`` is None when a
-    record carries none (unknown)."""
+    record carries none (unknown); ``owner`` is who is creating or deleting the output (None otherwise)."""
 
     hash: str
     components: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +135,7 @@ class RunRecord:
     plan: dict[str, Any] = field(default_factory=dict)
     state: RunState | None = None
     generation: str | None = None
+    owner: Owner | None = None
 
     @property
     def tag(self) -> str:
@@ -66,8 +150,9 @@ class RunRecord:
         """False for the stand-in of a damaged record (see :meth:`unreadable`): it names no run."""
         return bool(self.hash)
 
-    def with_state(self, state: RunState) -> RunRecord:
-        return replace(self, state=state)
+    def with_state(self, state: RunState, owner: Owner | None = None) -> RunRecord:
+        """The record in ``state``, owned by ``owner`` (an owner is kept only while it creates or deletes)."""
+        return replace(self, state=state, owner=owner)
 
     @classmethod
     def unreadable(cls) -> RunRecord:
@@ -82,6 +167,8 @@ class RunRecord:
             out["state"] = self.state.value
         if self.generation is not None:
             out["generation"] = self.generation
+        if self.owner is not None:
+            out["owner"] = self.owner.to_dict()
         return out
 
     def to_json(self) -> str:
@@ -94,10 +181,12 @@ class RunRecord:
         if not isinstance(data, dict):
             raise DamagedRecord(f"a run record is a JSON object, not {type(data).__name__}")
         state = data.get("state")
+        owner = None if data.get("owner") is None else Owner.from_dict(data["owner"])
         try:
             record = cls(hash=data.get("hash", ""), components=data.get("components", {}),
                          tasks=int(data.get("tasks", 0)), plan=data.get("plan", {}),
-                         state=None if state is None else RunState(state), generation=data.get("generation"))
+                         state=None if state is None else RunState(state), generation=data.get("generation"),
+                         owner=owner)
         except (TypeError, ValueError) as exc:
             raise DamagedRecord(str(exc)) from None
         if not (isinstance(record.hash, str) and isinstance(record.components, dict)

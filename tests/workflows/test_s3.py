@@ -402,3 +402,44 @@ def test_damage_on_s3_is_named_by_status_verify_and_repaired(moto_s3: MotoS3, za
     assert summary.ok and (summary.done, summary.skipped) == (3, 9), summary.line()
     assert {p: fs.cat_file(p) for p in fs.find(root) if "/.isovol/" not in p} == before
     assert verify_output(out, opts).ok
+
+
+def _race_to_create(url: str, opts: dict[str, Any]) -> list[str]:
+    """Two threads, each with its own S3 client, publish the first run record of ``url`` at the same moment;
+    the owner tokens of those that succeeded."""
+    import threading
+
+    from isovol.pipeline.io.runrecord import RunRecord, RunState, owning
+    from isovol.workflows.bookkeeping import Bookkeeper
+
+    barrier, ready, won = threading.Barrier(2, timeout=60), threading.Barrier(2, timeout=60), []
+
+    def create() -> None:
+        with owning() as owner:
+            keeper = Bookkeeper(url, opts)
+            _ = keeper.fs  # the client is made before the race, not during it
+            barrier.wait()
+            if keeper.create_record(RunRecord(hash="ab" * 32, state=RunState.CREATING, owner=owner)):
+                won.append(owner.token)
+            ready.wait()
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
+def test_creating_an_output_on_s3_is_exclusive(moto_s3: MotoS3) -> None:
+    """Two creators publish the first run record of one output at the same moment: the conditional PUT
+    (If-None-Match: *) lets the server decide, so exactly one wins, and the record is the winner's -- never
+    overwritten by the loser."""
+    from isovol.workflows.bookkeeping import Bookkeeper
+
+    opts = {**moto_s3.options(), "skip_instance_cache": True}
+    for trial in range(5):
+        out = f"s3://{BUCKET}/exclusive-{trial}.ome.zarr"
+        won = _race_to_create(out, opts)
+        assert len(won) == 1, f"trial {trial}: {len(won)} creators won"
+        assert Bookkeeper(out, opts).read_record().owner.token == won[0]
