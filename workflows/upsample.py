@@ -34,6 +34,7 @@ from .bookkeeping import Bookkeeper
 from .cluster_watch import WORKER_WAIT
 from .executor import BlockContext, Summary, execute
 from .pyramid import build_pyramid, with_pyramid
+from .run_settings import check_run_settings
 from .verify import record_documents, repair
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class UpsampleRequest:
     #: API for none unless told (its callers write intermediates and test outputs; `isovol pyramid` adds one later)
     levels: int | str | None = 0
     need_voxel_size: bool = True  # False for `isovol plan`, which says "unknown" instead of refusing
+
+    def __post_init__(self) -> None:
+        check_run_settings(self.workers, self.retries, self.block_timeout)  # before anything is created
 
     @property
     def out_options(self) -> dict[str, Any]:
