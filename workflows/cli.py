@@ -123,8 +123,8 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
          block_shape: str | None, shard_shape: str | None, chunk_shape: str | None, voxel_size: str | None,
          storage_options: str | None, as_json: bool) -> None:
     """Print the block plan for INPUT: voxel sizes, grid, tasks, bytes and peak memory per block."""
-    from ..pipeline.geometry import anisotropy_warning, output_voxel_size
-    from .upsample import UpsampleRequest, prepare
+    from ..pipeline.geometry import output_voxel_size
+    from .upsample import UpsampleRequest, plan_warnings, prepare
 
     req = UpsampleRequest(input=input_url, output="<plan>", factor=factor, method=method, model=model_dir,
                           method_options=parse_method_options(method_options),
@@ -134,8 +134,7 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
                           voxel_size=parse_voxel_size(voxel_size),
                           storage_options=parse_storage_options(storage_options), need_voxel_size=False)
     vol, meth, p = prepare(req)
-    warning = anisotropy_warning(vol.voxel_size, p.factor)
-    if warning:
+    for warning in plan_warnings(vol, p):
         log.warning(warning)
     out_voxel = list(output_voxel_size(vol.voxel_size, p.factor)) if vol.voxel_size else None
     info: dict[str, Any] = {"input": strip_url(input_url), "dtype": str(vol.dtype), "method": meth.name,

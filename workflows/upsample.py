@@ -111,9 +111,16 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         shard_shape = method.preferred_shard_shape(block_shape)
     plan = BlockPlan.build(vol.shape, factor, method.halo, block_shape=block_shape,
                            shard_shape=shard_shape, chunk_shape=req.chunk_shape,
-                           itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel)
+                           itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel,
+                           block_multiple=method.block_multiple)
     level_shapes(plan.out_shape, plan.chunk_shape, req.levels)  # too many levels: refused before any block runs
     return vol, method, plan
+
+
+def plan_warnings(vol: Volume, plan: BlockPlan) -> list[str]:
+    """One line each for what a user should know about a plan that goes ahead (upsample and plan show them)."""
+    warning = anisotropy_warning(vol.voxel_size, plan.factor)
+    return [*([warning] if warning else []), *plan.notes]
 
 
 def run_components(vol: Volume, method: Method, plan: BlockPlan) -> dict[str, Any]:
@@ -216,8 +223,7 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
             _remove_output(fs, path, req.output, keeper)
         record = _create(req, vol, method, plan, components, digest, keeper)
     tag = record.tag
-    warning = anisotropy_warning(vol.voxel_size, plan.factor)  # once the run goes ahead: a refusal is one line
-    if warning:
+    for warning in plan_warnings(vol, plan):  # once the run goes ahead: a refusal is one line
         log.warning(warning)
     done = keeper.done_keys(tag)
     todo = [b for b in plan.blocks() if b.key not in done]
