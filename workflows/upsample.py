@@ -29,6 +29,7 @@ from ..pipeline.io.runrecord import META_DIR, RUN_RECORD, RunRecord, RunState
 from ..pipeline.io.urls import describe_error, filesystem, strip_url
 from ..pipeline.methods import Method, get_method
 from ..pipeline.methods.registry import REFERENCE
+from ..pipeline.plan_checks import check_block_count, check_dtype, nonfinite_warning, size_note
 from ..pipeline.pyramid import level_shapes
 from .bookkeeping import Bookkeeper
 from .cluster_watch import WORKER_WAIT
@@ -104,6 +105,7 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
     if auto:
         factor = auto_factor(vol.voxel_size, strip_url(req.input))
         method.check_factor(factor)
+    check_dtype(vol.dtype)
     method.check_input(vol.dtype)
     block_shape = req.block_shape or method.preferred_block_shape(output_shape(vol.shape, factor))
     shard_shape = req.shard_shape
@@ -113,13 +115,16 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
                            shard_shape=shard_shape, chunk_shape=req.chunk_shape,
                            itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel,
                            block_multiple=method.block_multiple)
+    check_block_count(plan)
     level_shapes(plan.out_shape, plan.chunk_shape, req.levels)  # too many levels: refused before any block runs
     return vol, method, plan
 
 
 def plan_warnings(vol: Volume, plan: BlockPlan) -> list[str]:
     """One line each for what a user should know about a plan that goes ahead (upsample and plan show them)."""
-    warning = anisotropy_warning(vol.voxel_size, plan.factor)
+    warning, size = anisotropy_warning(vol.voxel_size, plan.factor), size_note(plan)
+    if warning or size:  # one line for a factor that looks wrong, whichever way it shows
+        warning = "; ".join(w for w in (warning, size) if w)
     return [*([warning] if warning else []), *plan.notes]
 
 
@@ -238,6 +243,9 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
             summary = _execute(own, ctx, todo, plan, req, wait)
     else:
         summary = _execute(client, ctx, todo, plan, req, WORKER_WAIT)
+    nonfinite = nonfinite_warning(*summary.nonfinite)
+    if nonfinite:
+        log.warning(nonfinite)
     if summary.ok:
         record_documents(keeper, tag)  # before "complete": a finished output's metadata can be verified
     _set_state(keeper, tag, RunState.COMPLETE if summary.ok else RunState.INCOMPLETE)

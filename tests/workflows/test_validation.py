@@ -56,3 +56,63 @@ def test_the_api_refuses_bad_run_settings_before_anything_is_created(tmp_path, s
     with pytest.raises(InputError, match="workers|retries|block-timeout"):
         UpsampleRequest(input=small, output=str(out), factor=FACTOR, progress=False, **kw)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------ plans and inputs
+
+
+def test_tiny_blocks_by_the_thousand_are_refused(tmp_path, small):
+    out = tmp_path / "out.ome.zarr"
+    line = error_line(run("upsample", small, out, "--factor", FACTOR, "--block-shape", "1,1,1", "--no-progress"))
+    assert "makes 21504 blocks of 1 voxels" in line and "--block-shape 64,64,64" in line, line
+    assert not out.exists()
+    assert "makes 21504 blocks" in error_line(run("plan", small, "--factor", FACTOR, "--block-shape", "1,1,1"))
+
+
+def test_a_huge_factor_is_one_warning_line_with_the_output_size(small):
+    """--factor 10000 on a 6 KiB input: plan (and upsample) say how large the output is, in the one line that
+    also says the factor is far from isotropic -- not a second warning about the same factor."""
+    res = run("plan", small, "--factor", 10000)
+    assert res.returncode == 0, res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if "WARNING" in ln]
+    assert len(warnings) == 1, res.stderr
+    assert "from isotropic" in warnings[0] and "the output is 48.8 MiB, 8334x the input" in warnings[0]
+
+
+def test_a_factor_without_voxel_size_still_gets_the_size_warning(tmp_path):
+    src = tmp_path / "in.npy"
+    np.save(src, np.zeros((4, 8, 8), np.uint8))
+    res = run("plan", src, "--factor", 100)
+    assert res.returncode == 0, res.stderr
+    (line,) = [ln for ln in res.stderr.splitlines() if "WARNING" in ln]
+    assert "75x the input" in line, line
+    res = run("plan", src, "--factor", 8)
+    assert "WARNING" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("dtype, expect", [("bool", "boolean"), ("complex64", "complex64"),
+                                           ("complex128", "imaginary")])
+def test_boolean_and_complex_inputs_are_one_line_and_create_nothing(tmp_path, dtype, expect):
+    src = tmp_path / "in.npy"
+    np.save(src, (np.arange(4 * 8 * 8).reshape(4, 8, 8) % 3).astype(dtype))
+    out = tmp_path / "out.ome.zarr"
+    line = error_line(run("upsample", src, out, "--factor", FACTOR, "--voxel-size", "40,10,10", "--no-progress"))
+    assert expect in line and "Warning" not in line, line
+    assert not out.exists()
+
+
+def test_nan_and_inf_inputs_are_counted_in_one_warning_line_at_the_end(tmp_path):
+    vol = np.random.default_rng(1).random((6, 32, 32), dtype=np.float32)
+    vol[2, 10, 10], vol[4, 20, 5] = np.nan, np.inf
+    src = write_input(tmp_path / "f.ome.zarr", vol, FACTOR)
+    out = tmp_path / "out.ome.zarr"
+    res = run("upsample", src, out, "--factor", FACTOR, "--block-shape", "8,16,16", "--workers", "1",
+              "--no-progress", "--no-pyramid")
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if "NaN or inf" in ln]
+    assert len(lines) == 1, res.stderr
+    from clirun import read_output
+
+    bad = int((~np.isfinite(read_output(out))).sum())
+    assert f"2 input voxel(s) are NaN or inf and {bad} output voxel(s)" in lines[0], lines[0]
+    assert bad > 2
