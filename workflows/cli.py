@@ -80,6 +80,7 @@ def upsample(input_url: str, output_url: str, factor: int, method: str, model_di
              region: str | None, voxel_size: str | None, storage_options: str | None,
              output_storage_options: str | None, levels: str, no_pyramid: bool, no_progress: bool) -> None:
     """Upsample INPUT along Z by --factor into the OME-Zarr OUTPUT, then write its multiscale pyramid."""
+    from .block_reports import failure_lines, remedy
     from .upsample import UpsampleRequest
     from .upsample import upsample as run
 
@@ -96,10 +97,10 @@ def upsample(input_url: str, output_url: str, factor: int, method: str, model_di
         levels=levels_value(levels, no_pyramid))
     summary = run(req)
     click.echo(f"isovol: {summary.line()}", err=True)
-    for key, msg in list(summary.failed.items())[:5]:
-        click.echo(f"isovol: block {key}: {msg}", err=True)
+    for line in failure_lines(summary):  # each distinct failure once; a damaged input chunk as an error line
+        click.echo(line, err=True)
     if not summary.ok:
-        click.echo("isovol: run incomplete; rerun the same command with --resume to finish it", err=True)
+        click.echo(remedy(summary), err=True)
         sys.exit(1)
 
 

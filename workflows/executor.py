@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..pipeline.blocks import Block, BlockPlan
+from ..pipeline.io.damage import DamagedInputError
 from ..pipeline.io.omezarr import LEVEL0, clear_shards, make_durable, open_level0, vouch_shards
 from ..pipeline.io.readers import Volume
 from ..pipeline.methods.base import Method
@@ -66,7 +67,16 @@ class BlockContext:
 
 
 def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
-    """Process one block end to end (runs on a worker): every shard written and made durable, then the marker."""
+    """Process one block end to end (runs on a worker): every shard written and made durable, then the marker.
+    A damaged input chunk is returned as the block's error, not raised: bad data is no bug, so no worker
+    traceback, and no retry."""
+    try:
+        return _run_block(ctx, block)
+    except DamagedInputError as exc:
+        return {"key": block.key, "error": str(exc)}
+
+
+def _run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     t0 = time.perf_counter()
     _announce_start(ctx.start_topic)
     pieces = ctx.plan.z_pieces(block) if ctx.overlap and ctx.method.z_split_exact else [block]
@@ -370,11 +380,16 @@ class _Run:
             exc = TimeoutError(f"block {block.key} was cancelled")
         else:
             exc = fut.exception() if fut.status == "error" else None
-        if exc is None:
+        result = fut.result() if exc is None else {}
+        if exc is None and "error" not in result:
             self.summary.done += 1
-            counts = (fut.result() or {}).get("nonfinite", (0, 0))
+            counts = result.get("nonfinite", (0, 0))
             self.summary.nonfinite = tuple(a + b for a, b in zip(self.summary.nonfinite, counts))  # type: ignore
             return True
+        if exc is None:  # bad data, said once in the final summary (block_reports): no retry, no line per block
+            self.summary.failed[block.key] = result["error"]
+            log.debug("block %s failed: %s", block.key, result["error"])
+            return self._count_failure()
         n = self.attempts[block.key] = self.attempts.get(block.key, 0) + 1
         if is_transient(exc) and n <= self.retries:
             self.summary.retried += 1
@@ -383,6 +398,9 @@ class _Run:
             return False
         self.summary.failed[block.key] = _one_line(exc)
         log.error("block %s failed: %s", block.key, _one_line(exc))
+        return self._count_failure()
+
+    def _count_failure(self) -> bool:
         if len(self.summary.failed) >= self.max_failures and not self.aborted:
             self.aborted = True
             log.error("stopping after %d failed blocks", len(self.summary.failed))

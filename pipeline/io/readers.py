@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .damage import read_or_name_damage
 from .ome import level0, multiscales
 from .runrecord import META_DIR, RUN_RECORD, DamagedRecord, RunRecord, RunState
 from .urls import describe_error, filesystem, is_local, local_path, strip_url
@@ -182,7 +183,8 @@ class ZarrVolume(Volume):
         return node[self.array_path] if self.array_path else node
 
     def _read(self, box: Box) -> np.ndarray:
-        return self.handle[(0,) * self._lead + box]
+        name = strip_url(self.url) + (f"/{self.array_path}" if self.array_path else "")
+        return read_or_name_damage(self.handle, (0,) * self._lead + box, name)  # one line for a damaged chunk
 
 
 class NpyVolume(Volume):

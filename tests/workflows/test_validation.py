@@ -116,3 +116,30 @@ def test_nan_and_inf_inputs_are_counted_in_one_warning_line_at_the_end(tmp_path)
     bad = int((~np.isfinite(read_output(out))).sum())
     assert f"2 input voxel(s) are NaN or inf and {bad} output voxel(s)" in lines[0], lines[0]
     assert bad > 2
+
+
+# ---------------------------------------------------------------------------------------- damaged input
+
+
+def test_a_truncated_input_chunk_is_one_error_line_naming_array_and_chunk(tmp_path):
+    """Used to end in ~30 stderr lines with a worker traceback per block; now: the summary line, one error line
+    naming the chunk (once, however many blocks read it) and what to do; no traceback; the output incomplete."""
+    import zarr
+
+    vol = np.random.default_rng(0).integers(0, 255, (8, 64, 64), dtype=np.uint8)
+    arr = zarr.create_array(str(tmp_path / "in.zarr"), shape=vol.shape, chunks=(4, 32, 32), dtype="uint8")
+    arr[...] = vol
+    chunk = tmp_path / "in.zarr" / "c" / "0" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    out = tmp_path / "out.ome.zarr"
+    res = run("-q", "upsample", tmp_path / "in.zarr", out, "--factor", FACTOR, "--voxel-size", "40,10,10",
+              "--block-shape", "16,32,32", "--workers", "2", "--no-progress")
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "Compute Failed" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    damage = [ln for ln in lines if "is damaged" in ln]
+    assert len(damage) == 1, res.stderr
+    assert damage[0].startswith("isovol: error: input chunk c/0/1/0 of ") and "in.zarr is damaged (" in damage[0]
+    assert "2 blocks need it (0.1.0, 1.1.0)" in damage[0]
+    assert len(lines) == 3 and "repair or replace the damaged input" in lines[-1], res.stderr
+    status = run("status", out)
+    assert status.returncode == 3 and "incomplete" in status.stdout, status.stdout
