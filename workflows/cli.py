@@ -13,7 +13,7 @@ from ..pipeline import __version__
 from ..pipeline.blocks import parse_shape
 from ..pipeline.errors import IsovolError
 from ..pipeline.io.readers import parse_voxel_size
-from ..pipeline.io.urls import parse_storage_options, strip_url
+from ..pipeline.io.urls import mask_logs, mask_secrets, parse_storage_options, strip_url
 from ..pipeline.methods.registry import REFERENCE
 from .cli_options import (
     AUTO_FACTOR_HELP,
@@ -47,6 +47,7 @@ def cli(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("isovol").setLevel(logging.WARNING if quiet else logging.INFO)
+    mask_logs()  # storage-option values (credentials, an endpoint with user:password) never reach a log line
 
 
 @cli.command()
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="isovol", standalone_mode=False)
     except IsovolError as exc:
-        click.echo(f"isovol: error: {exc}", err=True)
+        click.echo(f"isovol: error: {mask_secrets(str(exc))}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -229,5 +230,5 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         where = f" ({ctx.command_path})" if ctx is not None else ""
-        click.echo(f"isovol: error{where}: {exc.format_message()}", err=True)
+        click.echo(f"isovol: error{where}: {mask_secrets(exc.format_message())}", err=True)
         sys.exit(exc.exit_code or 2)

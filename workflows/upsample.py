@@ -26,7 +26,7 @@ from ..pipeline.identity import digest as identity_digest
 from ..pipeline.io.omezarr import create_image, remove_partials
 from ..pipeline.io.readers import RegionVolume, Vec3, Volume, open_volume
 from ..pipeline.io.runrecord import META_DIR, RUN_RECORD, RunRecord, RunState
-from ..pipeline.io.urls import describe_error, filesystem, strip_url
+from ..pipeline.io.urls import describe_error, filesystem, remember_secrets, strip_url
 from ..pipeline.methods import Method, get_method
 from ..pipeline.methods.registry import REFERENCE
 from ..pipeline.plan_checks import check_block_count, check_dtype, nonfinite_warning, size_note
@@ -76,6 +76,7 @@ class UpsampleRequest:
 
     def __post_init__(self) -> None:
         check_run_settings(self.workers, self.retries, self.block_timeout)  # before anything is created
+        remember_secrets([self.storage_options, self.output_storage_options])  # masked in messages and logs
 
     @property
     def out_options(self) -> dict[str, Any]:
