@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ..pipeline.io.damage import is_damage_message
 from .executor import Summary
 
@@ -10,7 +12,13 @@ from .executor import Summary
 SHOWN = 5
 
 
+def _grid_order(key: str) -> tuple:
+    """Block keys in grid order (0.1.0 before 1.1.0, 2 before 10), whatever order they finished in."""
+    return tuple(int(n) for n in re.findall(r"\d+", key)), key
+
+
 def _blocks(keys: list[str]) -> str:
+    keys = sorted(keys, key=_grid_order)
     return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
