@@ -87,9 +87,9 @@ def on_grid(block: tuple[int, int, int], shape=(65, 64, 64), tile: int = TILE) -
 
 #: whole multiples of the tile in output Z, Y and X (or the whole volume): every block cuts the same tiles
 ALIGNED = [(32, 32, 32), (64, 64, 32), (65, 64, 64)]
-#: off the tile grid as asked for (24 / 40 cut every tile in Z, 48 the second tile in Y and X): the planner rounds
-#: them up to (32, 64, 64) and (32, 64, 64), so they too give the single call's voxels
-UNALIGNED = [(24, 40, 40), (32, 48, 48), (16, 16, 16)]
+#: off the tile grid as asked for (24 / 40 cut every tile in Z, Y and X): the planner rounds it up to (32, 64, 64),
+#: so it too gives the single call's voxels (the layout of the issue, at the default tile, is tested below)
+UNALIGNED = [(24, 40, 40)]
 
 
 @pytest.mark.parametrize("block", ALIGNED, ids=lambda b: "x".join(map(str, b)))
