@@ -21,6 +21,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from ..pipeline.io.urls import mask_logs
 from ..pipeline.methods import cache
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         self.cache = cache.enable(self.capacity)
+        mask_logs()  # a worker's log lines (a failed task's error) mask storage-option values too
 
     def teardown(self, worker: Any) -> None:
         if self.cache is not None:

@@ -13,7 +13,7 @@ from ..pipeline import __version__
 from ..pipeline.blocks import parse_shape
 from ..pipeline.errors import IsovolError
 from ..pipeline.io.readers import parse_voxel_size
-from ..pipeline.io.urls import parse_storage_options, strip_url
+from ..pipeline.io.urls import mask_logs, mask_secrets, parse_storage_options, strip_url
 from ..pipeline.methods.registry import REFERENCE
 from .cli_options import (
     AUTO_FACTOR_HELP,
@@ -47,6 +47,7 @@ def cli(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("isovol").setLevel(logging.WARNING if quiet else logging.INFO)
+    mask_logs()  # storage-option values (credentials, an endpoint with user:password) never reach a log line
 
 
 @cli.command()
@@ -80,6 +81,7 @@ def upsample(input_url: str, output_url: str, factor: int, method: str, model_di
              region: str | None, voxel_size: str | None, storage_options: str | None,
              output_storage_options: str | None, levels: str, no_pyramid: bool, no_progress: bool) -> None:
     """Upsample INPUT along Z by --factor into the OME-Zarr OUTPUT, then write its multiscale pyramid."""
+    from .block_reports import failure_lines, remedy
     from .upsample import UpsampleRequest
     from .upsample import upsample as run
 
@@ -96,10 +98,10 @@ def upsample(input_url: str, output_url: str, factor: int, method: str, model_di
         levels=levels_value(levels, no_pyramid))
     summary = run(req)
     click.echo(f"isovol: {summary.line()}", err=True)
-    for key, msg in list(summary.failed.items())[:5]:
-        click.echo(f"isovol: block {key}: {msg}", err=True)
+    for line in failure_lines(summary):  # each distinct failure once; a damaged input chunk as an error line
+        click.echo(line, err=True)
     if not summary.ok:
-        click.echo("isovol: run incomplete; rerun the same command with --resume to finish it", err=True)
+        click.echo(remedy(summary), err=True)
         sys.exit(1)
 
 
@@ -129,9 +131,9 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
          block_shape: str | None, shard_shape: str | None, chunk_shape: str | None, voxel_size: str | None,
          storage_options: str | None, as_json: bool) -> None:
     """Print the block plan for INPUT: voxel sizes, grid, tasks, bytes and peak memory per block."""
-    from ..pipeline.geometry import anisotropy_warning, output_voxel_size
+    from ..pipeline.geometry import output_voxel_size
     from ..pipeline.pyramid import level_shapes
-    from .upsample import UpsampleRequest, prepare
+    from .upsample import UpsampleRequest, plan_warnings, prepare
 
     req = UpsampleRequest(input=input_url, output="<plan>", factor=factor, method=method, model=model_dir,
                           method_options=parse_method_options(method_options),
@@ -141,8 +143,7 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
                           voxel_size=parse_voxel_size(voxel_size),
                           storage_options=parse_storage_options(storage_options), need_voxel_size=False)
     vol, meth, p = prepare(req)
-    warning = anisotropy_warning(vol.voxel_size, p.factor)
-    if warning:
+    for warning in plan_warnings(vol, p):
         log.warning(warning)
     out_voxel = list(output_voxel_size(vol.voxel_size, p.factor)) if vol.voxel_size else None
     info: dict[str, Any] = {"input": strip_url(input_url), "dtype": str(vol.dtype), "method": meth.name,
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="isovol", standalone_mode=False)
     except IsovolError as exc:
-        click.echo(f"isovol: error: {exc}", err=True)
+        click.echo(f"isovol: error: {mask_secrets(str(exc))}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -242,5 +243,5 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         where = f" ({ctx.command_path})" if ctx is not None else ""
-        click.echo(f"isovol: error{where}: {exc.format_message()}", err=True)
+        click.echo(f"isovol: error{where}: {mask_secrets(exc.format_message())}", err=True)
         sys.exit(exc.exit_code or 2)

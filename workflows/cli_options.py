@@ -35,6 +35,21 @@ class FactorType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class SecondsType(click.ParamType):
+    """A positive number of seconds, or 'none' for no limit."""
+
+    name = "SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | None:
+        from .run_settings import parse_seconds
+
+        try:
+            return parse_seconds(value, param.opts[0] if param is not None else "value")
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SECONDS = SecondsType()
 FACTOR = FactorType()
 AUTO_FACTOR = FactorType(auto=True)
 AUTO_FACTOR_HELP = "Z upsampling factor: an integer >= 2, or auto for round(z/xy) of the input's voxel size."
@@ -114,7 +129,7 @@ def cluster_opts(func: Callable) -> Callable:
     """Where blocks run, for every command that runs blocks: --workers, --scheduler, --cluster, --cluster-config,
     --retries, --block-timeout."""
     options = [
-        click.option("--workers", type=int, default=None,
+        click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Workers of the embedded cluster [default: cores; the cluster config's for others]."),
         click.option("--scheduler", default=None, metavar="ADDRESS", help="Join an existing dask cluster instead."),
         click.option("--cluster", type=click.Choice(["local", "local-gpu", "slurm", "pbs", "kubernetes"]),
@@ -123,9 +138,9 @@ def cluster_opts(func: Callable) -> Callable:
         click.option("--cluster-config", "cluster_config", default=None, metavar="FILE",
                      type=click.Path(exists=True, dir_okay=False),
                      help="YAML overriding keys of the cluster's default config."),
-        click.option("--retries", type=int, default=2, show_default=True,
+        click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
                      help="Retries of a block after a transient error."),
-        click.option("--block-timeout", type=float, default=None, metavar="SECONDS",
+        click.option("--block-timeout", type=SECONDS, default=None,
                      help="Retry a block not finished this long after submission (it may wait behind one other "
                           "block per worker thread, so allow about twice a block's run time)."),
     ]

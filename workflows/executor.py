@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..pipeline.blocks import Block, BlockPlan
+from ..pipeline.io.damage import DamagedInputError
 from ..pipeline.io.omezarr import LEVEL0, clear_shards, make_durable, open_level0, vouch_shards
 from ..pipeline.io.readers import Volume
 from ..pipeline.methods.base import Method
+from ..pipeline.plan_checks import nonfinite_counts
 from .bookkeeping import Bookkeeper
 from .cluster_watch import WORKER_WAIT, ClusterWatch
 
@@ -65,22 +67,33 @@ class BlockContext:
 
 
 def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
-    """Process one block end to end (runs on a worker): every shard written and made durable, then the marker."""
+    """Process one block end to end (runs on a worker): every shard written and made durable, then the marker.
+    A damaged input chunk is returned as the block's error, not raised: bad data is no bug, so no worker
+    traceback, and no retry."""
+    try:
+        return _run_block(ctx, block)
+    except DamagedInputError as exc:
+        return {"key": block.key, "error": str(exc)}
+
+
+def _run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     t0 = time.perf_counter()
     _announce_start(ctx.start_topic)
     pieces = ctx.plan.z_pieces(block) if ctx.overlap and ctx.method.z_split_exact else [block]
+    tally = [0, 0]  # NaN / inf voxels in the block's own input and in its output
     if len(pieces) == 1:
-        out = _compute(ctx, block, _read(ctx, block))
+        out = _compute(ctx, block, _read(ctx, block), tally)
         if ctx.overlap:
             _hand_over_thread()
         ctx.keeper.check_current(ctx.digest)  # before the block's first write: see Bookkeeper.check_current
         _write(ctx, block, out)
     else:
-        _pipeline(ctx, pieces)
+        _pipeline(ctx, pieces, tally)
     make_durable(ctx.output_url, ctx.array, block.out_lo, block.out_hi)
     # the marker vouches for what was written (sizes, checksums), so damage found later is named: status --verify
     ctx.keeper.mark_done(block.key, ctx.digest, vouch_shards(ctx.array, block.out_lo, block.out_hi))
-    return {"key": block.key, "seconds": time.perf_counter() - t0, "voxels": int(np.prod(block.out_shape))}
+    return {"key": block.key, "seconds": time.perf_counter() - t0, "voxels": int(np.prod(block.out_shape)),
+            "nonfinite": tally}
 
 
 def _announce_start(topic: str | None) -> None:
@@ -102,12 +115,14 @@ def _read(ctx: BlockContext, block: Block) -> np.ndarray:
     return ctx.volume.read_padded(block.in_lo, block.in_hi)
 
 
-def _compute(ctx: BlockContext, block: Block, data: np.ndarray) -> np.ndarray:
+def _compute(ctx: BlockContext, block: Block, data: np.ndarray, tally: list[int]) -> np.ndarray:
     start, stop = ctx.plan.local_range(block)
     out = ctx.method.apply_at(data, ctx.plan.factor, start, stop, block.in_lo)
     if out.shape != block.out_shape:
         raise RuntimeError(f"method {ctx.method.name} returned {out.shape} for block {block.key}, "
                            f"expected {block.out_shape}")
+    if ctx.level == LEVEL0:  # counted, not refused: one warning at the end of the run (plan_checks)
+        tally[:] = [a + b for a, b in zip(tally, nonfinite_counts(ctx.plan, block, data, out))]
     return out
 
 
@@ -143,7 +158,7 @@ def _hand_over_thread() -> None:
         pass
 
 
-def _pipeline(ctx: BlockContext, pieces: list[Block]) -> None:
+def _pipeline(ctx: BlockContext, pieces: list[Block], tally: list[int]) -> None:
     """Read, compute and write a block's Z pieces (its shards along Z) as a three-stage pipeline, so that on a
     worker with one thread -- a GPU worker -- reading the next piece and compressing, writing and fsyncing the
     previous one run while the current one computes.
@@ -169,7 +184,7 @@ def _pipeline(ctx: BlockContext, pieces: list[Block]) -> None:
                 data = nxt.result()
                 if i + 1 < len(pieces):
                     nxt = reader.submit(_read, ctx, pieces[i + 1])
-                out = _compute(ctx, piece, data)
+                out = _compute(ctx, piece, data, tally)
                 del data
                 while len(writes) >= 2:  # bound the outputs held in memory
                     writes.popleft().result()
@@ -211,6 +226,7 @@ class Summary:
     not_run: int = 0
     seconds: float = 0.0
     stopped: str = ""  # why the run stopped early, when the cluster could not go on
+    nonfinite: tuple[int, int] = (0, 0)  # NaN / inf voxels met in the blocks run: input, output
 
     @property
     def ok(self) -> bool:
@@ -364,9 +380,16 @@ class _Run:
             exc = TimeoutError(f"block {block.key} was cancelled")
         else:
             exc = fut.exception() if fut.status == "error" else None
-        if exc is None:
+        result = fut.result() if exc is None else {}
+        if exc is None and "error" not in result:
             self.summary.done += 1
+            counts = result.get("nonfinite", (0, 0))
+            self.summary.nonfinite = tuple(a + b for a, b in zip(self.summary.nonfinite, counts))  # type: ignore
             return True
+        if exc is None:  # bad data, said once in the final summary (block_reports): no retry, no line per block
+            self.summary.failed[block.key] = result["error"]
+            log.debug("block %s failed: %s", block.key, result["error"])
+            return self._count_failure()
         n = self.attempts[block.key] = self.attempts.get(block.key, 0) + 1
         if is_transient(exc) and n <= self.retries:
             self.summary.retried += 1
@@ -375,6 +398,9 @@ class _Run:
             return False
         self.summary.failed[block.key] = _one_line(exc)
         log.error("block %s failed: %s", block.key, _one_line(exc))
+        return self._count_failure()
+
+    def _count_failure(self) -> bool:
         if len(self.summary.failed) >= self.max_failures and not self.aborted:
             self.aborted = True
             log.error("stopping after %d failed blocks", len(self.summary.failed))

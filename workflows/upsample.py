@@ -26,15 +26,17 @@ from ..pipeline.io.locations import check_distinct
 from ..pipeline.io.omezarr import create_image, remove_partials
 from ..pipeline.io.readers import RegionVolume, Vec3, Volume, open_volume
 from ..pipeline.io.runrecord import Owner, RunRecord, RunState, owning
-from ..pipeline.io.urls import describe_error, filesystem, strip_url
+from ..pipeline.io.urls import describe_error, filesystem, remember_secrets, strip_url
 from ..pipeline.methods import Method, get_method
 from ..pipeline.methods.registry import REFERENCE
+from ..pipeline.plan_checks import check_block_count, check_dtype, nonfinite_warning, size_note
 from ..pipeline.pyramid import level_shapes
 from .bookkeeping import Bookkeeper
 from .cluster_watch import WORKER_WAIT
 from .executor import BlockContext, Summary, execute
 from .outputs import refusal, remove_output, take_leftover
 from .pyramid import build_pyramid, with_pyramid
+from .run_settings import check_run_settings
 from .verify import record_documents, repair
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,10 @@ class UpsampleRequest:
     levels: int | str | None = 0
     need_voxel_size: bool = True  # False for `isovol plan`, which says "unknown" instead of refusing
 
+    def __post_init__(self) -> None:
+        check_run_settings(self.workers, self.retries, self.block_timeout)  # before anything is created
+        remember_secrets([self.storage_options, self.output_storage_options])  # masked in messages and logs
+
     @property
     def out_options(self) -> dict[str, Any]:
         return self.storage_options if self.output_storage_options is None else self.output_storage_options
@@ -99,6 +105,7 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
     if auto:
         factor = auto_factor(vol.voxel_size, strip_url(req.input))
         method.check_factor(factor)
+    check_dtype(vol.dtype)
     method.check_input(vol.dtype)
     block_shape = req.block_shape or method.preferred_block_shape(output_shape(vol.shape, factor))
     shard_shape = req.shard_shape
@@ -106,9 +113,19 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         shard_shape = method.preferred_shard_shape(block_shape)
     plan = BlockPlan.build(vol.shape, factor, method.halo, block_shape=block_shape,
                            shard_shape=shard_shape, chunk_shape=req.chunk_shape,
-                           itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel)
+                           itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel,
+                           block_multiple=method.block_multiple)
+    check_block_count(plan)
     level_shapes(plan.out_shape, plan.chunk_shape, req.levels)  # too many levels: refused before any block runs
     return vol, method, plan
+
+
+def plan_warnings(vol: Volume, plan: BlockPlan) -> list[str]:
+    """One line each for what a user should know about a plan that goes ahead (upsample and plan show them)."""
+    warning, size = anisotropy_warning(vol.voxel_size, plan.factor), size_note(plan)
+    if warning or size:  # one line for a factor that looks wrong, whichever way it shows
+        warning = "; ".join(w for w in (warning, size) if w)
+    return [*([warning] if warning else []), *plan.notes]
 
 
 def run_components(vol: Volume, method: Method, plan: BlockPlan) -> dict[str, Any]:
@@ -147,8 +164,7 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
     keeper = Bookkeeper(req.output, dict(req.out_options))
     record = _open_output(req, vol, method, plan, components, digest, keeper)
     tag = record.tag
-    warning = anisotropy_warning(vol.voxel_size, plan.factor)  # once the run goes ahead: a refusal is one line
-    if warning:
+    for warning in plan_warnings(vol, plan):  # once the run goes ahead: a refusal is one line
         log.warning(warning)
     done = keeper.done_keys(tag)
     todo = [b for b in plan.blocks() if b.key not in done]
@@ -164,6 +180,9 @@ def upsample(req: UpsampleRequest, client: Any = None) -> Summary:
             summary = _execute(own, ctx, todo, plan, req, wait)
     else:
         summary = _execute(client, ctx, todo, plan, req, WORKER_WAIT)
+    nonfinite = nonfinite_warning(*summary.nonfinite)
+    if nonfinite:
+        log.warning(nonfinite)
     if summary.ok:
         record_documents(keeper, tag)  # before "complete": a finished output's metadata can be verified
     _set_state(keeper, tag, RunState.COMPLETE if summary.ok else RunState.INCOMPLETE)

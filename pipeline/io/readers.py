@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .damage import read_or_name_damage
 from .ome import level0, multiscales
 from .runrecord import META_DIR, RUN_RECORD, DamagedRecord, RunRecord, RunState
-from .urls import describe_error, filesystem, is_local, local_path, strip_url
+from .urls import describe_error, filesystem, is_local, local_path, remember_secrets, strip_url
 
 Box = tuple[slice, slice, slice]
 Vec3 = tuple[float, float, float]
@@ -33,6 +34,7 @@ class Volume(ABC):
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         self.url = url
         self.storage_options = dict(storage_options or {})
+        remember_secrets(self.storage_options)  # masked in every message of this process
         self.shape: tuple[int, int, int] = (0, 0, 0)
         self.dtype: np.dtype = np.dtype("uint8")
         self.voxel_size: Vec3 | None = None
@@ -52,6 +54,7 @@ class Volume(ABC):
     @property
     def handle(self) -> Any:
         if self._handle is None:
+            remember_secrets(self.storage_options)  # a worker's copy: masked in its messages too
             self._handle = self._open()
         return self._handle
 
@@ -182,7 +185,8 @@ class ZarrVolume(Volume):
         return node[self.array_path] if self.array_path else node
 
     def _read(self, box: Box) -> np.ndarray:
-        return self.handle[(0,) * self._lead + box]
+        name = strip_url(self.url) + (f"/{self.array_path}" if self.array_path else "")
+        return read_or_name_damage(self.handle, (0,) * self._lead + box, name)  # one line for a damaged chunk
 
 
 class NpyVolume(Volume):

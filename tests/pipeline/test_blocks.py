@@ -170,3 +170,27 @@ def test_z_pieces_cut_a_block_at_its_shards_and_read_what_each_piece_needs():
             assert (p.in_lo, p.in_hi, p.out_lo, p.out_hi) == (alone.in_lo, alone.in_hi, alone.out_lo, alone.out_hi)
     last = plan.z_pieces(plan.block((1, 0, 0)))
     assert [(p.out_lo[0], p.out_hi[0]) for p in last] == [(64, 80), (80, 96), (96, 112), (112, 121)]
+
+
+@pytest.mark.parametrize("block, shard, expect", [
+    ((64, 64, 64), None, (128, 128, 128)),  # the layout: blocks at z = 64, 192 cut the 128 tiles
+    ((128, 256, 384), None, (128, 256, 384)),  # already on the grid: unchanged, no note
+    ((64, 64, 64), (64, 64, 64), (128, 128, 128)),  # a multiple of the shard too
+    ((48, 48, 48), (48, 48, 48), (384, 384, 384)),  # lcm(128, 48)
+    ((24, 520, 40), None, (128, 520, 128)),  # an axis the block spans whole (the output is 520 wide) stays
+])
+def test_blocks_are_rounded_up_to_the_method_tile_grid_with_a_note(block, shard, expect):
+    plan = BlockPlan.build((33, 520, 520), 8, Halo(), block_shape=block, shard_shape=shard, block_multiple=128)
+    clipped = tuple(min(e, n) for e, n in zip(expect, plan.out_shape))
+    assert plan.block_shape == clipped
+    assert all(b % s == 0 or b == n for b, s, n in zip(plan.block_shape, plan.shard_shape, plan.out_shape))
+    if expect == block:
+        assert plan.notes == []
+    else:
+        (note,) = plan.notes
+        assert f"rounded up to {','.join(map(str, expect))}" in note and "tile grid of 128" in note
+
+
+def test_a_method_without_a_tile_grid_keeps_the_users_block():
+    plan = BlockPlan.build((33, 520, 520), 8, Halo(), block_shape=(24, 40, 40))
+    assert plan.block_shape == (24, 40, 40) and plan.notes == []

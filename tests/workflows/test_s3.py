@@ -149,6 +149,14 @@ def _isovol(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=_clean_env())
 
 
+def _isovol_at_once(*commands: list[str], timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """Several ``_isovol`` commands run concurrently (independent processes), their results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: _isovol(*args, timeout=timeout), commands))
+
+
 def _one_error_line(res: subprocess.CompletedProcess) -> str:
     assert res.returncode != 0, res.stderr
     lines = res.stderr.strip().splitlines()
@@ -443,3 +451,52 @@ def test_creating_an_output_on_s3_is_exclusive(moto_s3: MotoS3) -> None:
         won = _race_to_create(out, opts)
         assert len(won) == 1, f"trial {trial}: {len(won)} creators won"
         assert Bookkeeper(out, opts).read_record().owner.token == won[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# secrets: no storage-option value anywhere, after runs that succeed and runs that fail
+
+PLANTED = "pLaNtEd-SeCrEt-in-an-option-5d1e"  # a value of an option that is not secret-looking by name
+PASTED = "pAsTeD-SeCrEt-as-endpoint-9c2b"  # a secret pasted where the endpoint belongs
+URL_PASSWORD = "uRl-PaSsWoRd-3a7f"  # user:password in an endpoint URL
+
+
+def _output_texts(fs: Any, root: str) -> str:
+    """Every stored object of an output that is not shard data: metadata, run record, markers, documents."""
+    return "\n".join(fs.cat_file(p).decode() for p in fs.find(root) if "/c/" not in p)
+
+
+def test_storage_options_never_reach_output_logs_or_messages(moto_s3: MotoS3) -> None:
+    """The key, the secret, any other option's value, a secret pasted into endpoint_url and an endpoint's
+    user:password stay out of stdout, stderr (our log lines and the workers'), the run record and the output
+    metadata -- after a complete run, a run failing on a damaged input chunk, and two refused requests."""
+    opts = moto_s3.options() | {"config_kwargs": {"user_agent_extra": PLANTED}}
+    secrets = (opts["key"], opts["secret"], PLANTED, PASTED, URL_PASSWORD, "alice:" + URL_PASSWORD)
+    vol = np.random.default_rng(3).integers(0, 255, (3, 32, 32), dtype=np.uint8)
+    src, bad = f"s3://{BUCKET}/secrets-in.ome.zarr", f"s3://{BUCKET}/secrets-damaged.ome.zarr"
+    for url in (src, bad):
+        write_image(url, vol, (40.0, 10.0, 10.0), storage_options=moto_s3.options())
+    fs = moto_s3.fs()
+    (chunk,) = [p for p in fs.find(bad.removeprefix("s3://") + "/0") if "/c/" in p]
+    fs.pipe_file(chunk, fs.cat_file(chunk)[:20])
+    common = ["--factor", "4", "--workers", "1", "--no-progress", "--no-pyramid", "--storage-options"]
+
+    with_password = opts | {"secret": WRONG_SECRET, "client_kwargs": {
+        "endpoint_url": moto_s3.endpoint.replace("://", f"://alice:{URL_PASSWORD}@")}}
+    done, failed, pasted, refused = _isovol_at_once(  # four processes at once: the test stays within seconds
+        ["upsample", src, f"s3://{BUCKET}/secrets-out.ome.zarr", *common, json.dumps(opts)],
+        ["upsample", bad, f"s3://{BUCKET}/secrets-failed.ome.zarr", *common, json.dumps(opts)],
+        ["upsample", src, f"s3://{BUCKET}/never.ome.zarr", *common,
+         json.dumps(opts | {"endpoint_url": PASTED, "client_kwargs": {}})],
+        ["upsample", src, f"s3://{BUCKET}/never.ome.zarr", *common, json.dumps(with_password)])
+    assert done.returncode == 0, done.stderr
+    assert failed.returncode == 1 and "is damaged" in failed.stderr, failed.stderr
+    assert "Invalid endpoint: ***" in _one_error_line(pasted)
+    _one_error_line(refused)
+
+    texts = [r.stdout + r.stderr for r in (done, failed, pasted, refused)]
+    texts += [_output_texts(fs, f"{BUCKET}/secrets-{name}.ome.zarr") for name in ("out", "failed")]
+    assert "complete" in texts[-2] and "incomplete" in texts[-1]  # the run records are among what was searched
+    for text in texts:
+        _assert_no_secret(text, *secrets)
+    assert not fs.exists(f"{BUCKET}/never.ome.zarr")

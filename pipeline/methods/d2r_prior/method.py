@@ -10,7 +10,8 @@ geometric mean) and the kept slices are put back exactly.
 Reproducibility: tile cores lie on a global grid (multiples of ``tile`` in output z and in x or y), and the
 noise of a tile is seeded from (seed, plane, global slice index, global tile index) and nothing else, so a
 rerun, a retry, or another block layout whose blocks are whole multiples of ``tile`` gives the same voxels
-(up to the floating-point behaviour of batched convolutions).  ``recover_block_shape`` picks such blocks.
+(up to the floating-point behaviour of batched convolutions).  ``recover_block_shape`` picks such blocks, and
+``block_multiple`` makes the planner round any other block shape up to them.
 Tiles are cropped, not blended: a blend across tile borders would need the neighbouring tiles of the next
 block, i.e. a halo of a whole tile.
 """
@@ -65,6 +66,7 @@ class PriorRecovery(CheckpointMethod):
             raise InputError(f"sampler: {exc}") from None
         self.sampler, self.steps, self.t_start, self.seed = sampler, steps, t_start, int(seed)
         self.tile, self.margin, self.fusion, self.batch, self.device = tile, margin, fusion, batch, device
+        self.block_multiple = tile  # tiles lie on a global grid: a block edge off it cuts tiles into other samples
         self.factor = int(self.spec["factor"])
         self.halo = Halo(z=1 + math.ceil(margin / self.factor), y=margin, x=margin)
         self._build(meta=True)  # refuse a corrupt or mismatched prior now, on the client

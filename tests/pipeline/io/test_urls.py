@@ -98,3 +98,37 @@ def test_locations():
     assert fs.protocol[0] == "memory" or "memory" in fs.protocol
     with pytest.raises(InputError, match="cannot open nosuchproto://x"):
         filesystem("nosuchproto://x")
+
+
+def test_every_storage_option_value_is_masked_in_error_messages():
+    """A secret pasted into endpoint_url (or any option) was echoed verbatim: "Invalid endpoint: wJal..."."""
+    pasted = "wJalrXUtnFEMI-pasted-into-endpoint"
+    options = {"key": "AKIAMASKTEST1", "endpoint_url": pasted,
+               "client_kwargs": {"endpoint_url": "http://alice:s3cr3t-pw@127.0.0.1:9000"},
+               "config_kwargs": {"user_agent_extra": ["tok-in-a-list-42"]}, "anon": False}
+    text = describe_error(ValueError(f"Invalid endpoint: {pasted}"), options)
+    assert text == "Invalid endpoint: ***"
+    from isovol.pipeline.io.urls import mask_secrets
+
+    masked = mask_secrets("a AKIAMASKTEST1 b http://alice:s3cr3t-pw@127.0.0.1:9000/x c alice:s3cr3t-pw d "
+                          "s3cr3t-pw e tok-in-a-list-42")
+    assert masked == "a *** b ***/x c *** d *** e ***", masked  # an endpoint with credentials: whole
+
+
+def test_a_plain_endpoint_stays_readable():
+    """scheme://host:port holds nothing secret and is what a user needs to see in a connection error."""
+    from isovol.pipeline.io.urls import mask_secrets, remember_secrets
+
+    remember_secrets({"endpoint_url": "http://127.0.0.1:9123", "region_name": "us"})
+    assert mask_secrets('Could not connect to "http://127.0.0.1:9123/b/k" (us)') == \
+        'Could not connect to "http://127.0.0.1:9123/b/k" (us)'
+
+
+def test_log_records_are_masked_by_the_filter():
+    import logging
+
+    from isovol.pipeline.io.urls import MaskSecrets, remember_secrets
+
+    remember_secrets({"secret": "log-secret-value-77"})
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed with %s", ("log-secret-value-77!",), None)
+    assert MaskSecrets().filter(record) and record.getMessage() == "failed with ***!"
