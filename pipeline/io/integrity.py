@@ -13,6 +13,7 @@ writes it), so vouching costs no second read; a shard whose write was not seen i
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -59,21 +60,29 @@ class RecordingStore(WrapperStore[Store]):
     was deleted), until :meth:`take` hands them to the block that owns them.  Thread-safe: the writes of a
     worker's blocks (and of a block's pipelined pieces) go through one store."""
 
-    def __init__(self, store: Store, written: dict[str, Vouch] | None = None) -> None:
+    def __init__(self, store: Store, written: dict[str, Vouch] | None = None,
+                 seconds: dict[str, tuple[float, float]] | None = None) -> None:
         super().__init__(store)
         self._written: dict[str, Vouch] = {} if written is None else written
+        #: per key, the seconds its last write spent checksumming and in the store (the executor's profile)
+        self._seconds: dict[str, tuple[float, float]] = {} if seconds is None else seconds
         self._lock = threading.Lock()
 
     def _with_store(self, store: Store) -> RecordingStore:
-        return type(self)(store, self._written)  # a read-only or re-entered view still records into one place
+        # a read-only or re-entered view still records into one place
+        return type(self)(store, self._written, self._seconds)
 
     async def set(self, key: str, value: Any) -> None:
+        t0 = time.perf_counter()
         data = value.as_numpy_array().view(np.uint8).reshape(-1)
         data.flags.writeable = False  # google-crc32c takes read-only buffers only; this view copies nothing
         record = vouch(data)
+        t1 = time.perf_counter()
         await self._store.set(key, value)
+        t2 = time.perf_counter()
         with self._lock:
             self._written[key] = record
+            self._seconds[key] = (t1 - t0, t2 - t1)
 
     async def delete(self, key: str) -> None:
         await self._store.delete(key)
@@ -86,3 +95,8 @@ class RecordingStore(WrapperStore[Store]):
             if key in self._written:
                 return True, self._written.pop(key)
         return False, None
+
+    def take_seconds(self, key: str) -> tuple[float, float]:
+        """(checksum, store) seconds of the last write of ``key``, forgotten once taken; zeros when unseen."""
+        with self._lock:
+            return self._seconds.pop(key, (0.0, 0.0))

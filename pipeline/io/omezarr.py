@@ -164,6 +164,18 @@ def vouch_shards(array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> dict[s
     return out
 
 
+def shard_seconds(array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[float, float]:
+    """(checksum, store) seconds the writes of the shards covering [lo, hi) took, as a recording array saw them
+    (zeros for a plain array): the part of a block's write that was not encoding."""
+    from .integrity import RecordingStore
+
+    store = array.store
+    if not isinstance(store, RecordingStore):
+        return 0.0, 0.0
+    pairs = [store.take_seconds(f"{array.path or LEVEL0}/{key}") for key in shard_keys(array, lo, hi)]
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
+
 def make_durable(url: str, array: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> None:
     """fsync the shard files of a written region (local disks; an object-store PUT is durable on return)."""
     if not is_local(url):
