@@ -73,13 +73,16 @@ def cli(quiet: bool) -> None:
 @click.option("--output-storage-options", default=None, metavar="JSON", help="Storage options for the output.")
 @pyramid_opts
 @progress_opt
+@click.option("--profile", is_flag=True, help="Print where the run's time went: seconds per phase of the blocks "
+              "(read, method, encode, checksum, store, fsync, marker).")
 def upsample(input_url: str, output_url: str, factor: int, method: str, model_dir: str | None,
              method_options: tuple[str, ...], block_shape: str | None, shard_shape: str | None,
              chunk_shape: str | None, workers: int | None, scheduler: str | None, cluster: str,
              cluster_config: str | None, retries: int, block_timeout: float | None, resume: bool, verify: bool,
              overwrite: bool,
              region: str | None, voxel_size: str | None, storage_options: str | None,
-             output_storage_options: str | None, levels: str, no_pyramid: bool, no_progress: bool) -> None:
+             output_storage_options: str | None, levels: str, no_pyramid: bool, no_progress: bool,
+             profile: bool) -> None:
     """Upsample INPUT along Z by --factor into the OME-Zarr OUTPUT, then write its multiscale pyramid."""
     from .block_reports import failure_lines, remedy
     from .upsample import UpsampleRequest
@@ -98,6 +101,11 @@ def upsample(input_url: str, output_url: str, factor: int, method: str, model_di
         levels=levels_value(levels, no_pyramid))
     summary = run(req)
     click.echo(f"isovol: {summary.line()}", err=True)
+    if profile:
+        from .profile import table
+
+        for line in table(summary.phases, summary.voxels, summary.done, summary.seconds, workers):
+            click.echo(f"isovol: {line}", err=True)
     for line in failure_lines(summary):  # each distinct failure once; a damaged input chunk as an error line
         click.echo(line, err=True)
     if not summary.ok:

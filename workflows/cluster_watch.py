@@ -50,7 +50,7 @@ class ClusterWatch:
 
     def limit(self) -> int:
         """How many blocks to keep submitted: three per worker thread -- one computing, one finishing its writes
-        after handing the thread over (``executor._hand_over_thread``), one queued so the thread never waits for
+        after handing the thread over (``block_task._hand_over_thread``), one queued so the thread never waits for
         the client."""
         return self.fixed if self.fixed is not None else 3 * self.threads()
 

@@ -36,8 +36,9 @@ from ..pipeline.io.readers import ZarrVolume
 from ..pipeline.io.runrecord import RunState
 from ..pipeline.io.urls import describe_error, strip_url
 from ..pipeline.pyramid import DESCRIPTION, METHOD, Downsample, LevelPlan, level_layout, level_shapes, level_transform
+from .block_task import BlockContext
 from .bookkeeping import PYRAMID_DIR, Bookkeeper
-from .executor import BlockContext, Summary, execute
+from .executor import Summary, execute
 from .verify import DOCUMENTS_RECORD, record_documents
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,10 @@ from ..pipeline.methods import Method, get_method
 from ..pipeline.methods.registry import REFERENCE
 from ..pipeline.plan_checks import check_block_count, check_dtype, nonfinite_warning, size_note
 from ..pipeline.pyramid import level_shapes
+from .block_task import BlockContext
 from .bookkeeping import Bookkeeper
 from .cluster_watch import WORKER_WAIT
-from .executor import BlockContext, Summary, execute
+from .executor import Summary, execute
 from .outputs import refusal, remove_output, take_leftover
 from .pyramid import build_pyramid, with_pyramid
 from .run_settings import check_run_settings

@@ -17,7 +17,7 @@ from isovol.pipeline.methods import get_method, upsample_array
 from isovol.pipeline.methods.dgean.method import DGEANMethod
 from isovol.pipeline.methods.dgean.trainer import train_dgean
 from isovol.pipeline.methods.interp import Interpolation
-from isovol.workflows import executor
+from isovol.workflows import block_task
 from isovol.workflows import upsample as up
 from isovol.workflows.bookkeeping import Bookkeeper
 
@@ -48,13 +48,13 @@ def request(source: str, out, **kw) -> up.UpsampleRequest:
 
 def test_pipelined_blocks_equal_serial_blocks_and_the_single_call(client, source, volume, tmp_path, monkeypatch):
     reads: list[tuple[str, tuple[int, ...]]] = []
-    real_read = executor._read
+    real_read = block_task._read
 
     def spy(ctx, block):  # in-process workers: they run this module's patch
         reads.append((threading.current_thread().name, block.out_lo))
         return real_read(ctx, block)
 
-    monkeypatch.setattr(executor, "_read", spy)
+    monkeypatch.setattr(block_task, "_read", spy)
     piped = request(source, tmp_path / "piped.ome.zarr", method="cubic")
     assert up.upsample(piped, client=client).ok
     assert len(reads) == 2 * 2 * 4, "every block read as its 4 Z pieces"

@@ -189,7 +189,7 @@ def test_resume_of_a_missing_output_just_runs(tmp_path, source, expected, cli):
 
 def finished_run(tmp_path, client, source):
     """A finished output of 20 blocks, its request, and the executor context of that run (what a worker gets)."""
-    from isovol.workflows import executor
+    from isovol.workflows import block_task
     from isovol.workflows.bookkeeping import Bookkeeper
     from isovol.workflows.upsample import prepare
 
@@ -198,13 +198,13 @@ def finished_run(tmp_path, client, source):
     assert upsample(req, client=client).ok
     vol, method, plan = prepare(req)
     keeper = Bookkeeper(str(out), {})
-    return out, req, executor.BlockContext(vol, method, plan, str(out), {}, keeper, keeper.read_record().tag)
+    return out, req, block_task.BlockContext(vol, method, plan, str(out), {}, keeper, keeper.read_record().tag)
 
 
 def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, client, source, expected, monkeypatch):
     """A block marked done by another attempt (a timed-out one that went on) whose shard this attempt cannot
     rewrite in place: the marker goes before the shard, so a kill in between never leaves a marked hole."""
-    from isovol.workflows import executor
+    from isovol.workflows import block_task
 
     out, _, ctx = finished_run(tmp_path, client, source)
     keeper = ctx.keeper
@@ -212,14 +212,14 @@ def test_a_rewrite_withdraws_the_marker_before_it_deletes_shards(tmp_path, clien
     with open(shard_path(out, block.key), "r+b") as f:  # torn: zarr cannot read it to rewrite it in place
         f.truncate(os.path.getsize(shard_path(out, block.key)) // 2)
     seen = []
-    real = executor.clear_shards
+    real = block_task.clear_shards
 
     def clear(array, lo, hi):
         seen.append(block.key in keeper.done_keys())
         real(array, lo, hi)
 
-    monkeypatch.setattr(executor, "clear_shards", clear)
-    executor.run_block(ctx, block)
+    monkeypatch.setattr(block_task, "clear_shards", clear)
+    block_task.run_block(ctx, block)
     assert seen == [False], "the marker must be gone before the shards are deleted"
     assert block.key in keeper.done_keys(ctx.digest)  # marked again once rewritten
     assert np.array_equal(read_output(out), expected)
@@ -245,13 +245,13 @@ def test_a_block_of_a_replaced_run_does_not_write(tmp_path, client, source, expe
     """A task of an earlier generation (still running on an external cluster after its client was killed and the
     output overwritten) stops before it writes, instead of putting its shards into the new output."""
     from isovol.pipeline.errors import StaleRunError
-    from isovol.workflows import executor
+    from isovol.workflows import block_task
 
     out, req, stale = finished_run(tmp_path, client, source)
     assert upsample(UpsampleRequest(**{**req.__dict__, "overwrite": True}), client=client).ok
     block = next(b for b in stale.plan.blocks() if b.key == "2.1.0")
     before = os.stat(shard_path(out, block.key)).st_mtime_ns
     with pytest.raises(StaleRunError, match="deleted or replaced by another run"):
-        executor.run_block(stale, block)
+        block_task.run_block(stale, block)
     assert os.stat(shard_path(out, block.key)).st_mtime_ns == before
     assert np.array_equal(read_output(out), expected)

@@ -1,0 +1,192 @@
+"""What runs on a worker for one block: read its input, run the method, write its whole shards, make them durable
+and only then write its done marker (the client's side is ``executor.py``).
+
+A block whose method splits exactly along Z (``z_split_exact``) is pipelined inside its task: reading the next
+Z piece and writing the previous one overlap the current piece's compute.  Each block times its phases
+(``profile.Phases``) and counts the NaN / inf voxels it met; both travel back in the task's result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..pipeline.blocks import Block, BlockPlan
+from ..pipeline.io.damage import DamagedInputError
+from ..pipeline.io.omezarr import LEVEL0, clear_shards, make_durable, open_level0, shard_seconds, vouch_shards
+from ..pipeline.io.readers import Volume
+from ..pipeline.methods.base import Method
+from ..pipeline.plan_checks import nonfinite_counts
+from .bookkeeping import Bookkeeper
+from .profile import Phases
+
+
+@dataclass
+class BlockContext:
+    """Everything a worker needs to process any block of one run; shipped to each worker once."""
+
+    volume: Volume
+    method: Method
+    plan: BlockPlan
+    output_url: str
+    output_options: dict[str, Any]
+    keeper: Bookkeeper
+    digest: str
+    #: pipeline the Z pieces of a block (read / compute / write overlapped) where the method allows it
+    overlap: bool = True
+    #: the event topic on which a task says it has started (its block time-out counts from then); set by execute
+    start_topic: str | None = None
+    #: the array written: level 0, or a pyramid level (workflows/pyramid.py)
+    level: str = LEVEL0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_array", None)
+        return state
+
+    @property
+    def array(self) -> Any:
+        if getattr(self, "_array", None) is None:
+            self._array = open_level0(self.output_url, self.output_options, recording=True, path=self.level)
+        return self._array
+
+
+def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
+    """Process one block end to end (runs on a worker): every shard written and made durable, then the marker.
+    A damaged input chunk is returned as the block's error, not raised: bad data is no bug, so no worker
+    traceback, and no retry."""
+    try:
+        return _run_block(ctx, block)
+    except DamagedInputError as exc:
+        return {"key": block.key, "error": str(exc)}
+
+
+def _run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    _announce_start(ctx.start_topic)
+    pieces = ctx.plan.z_pieces(block) if ctx.overlap and ctx.method.z_split_exact else [block]
+    tally = [0, 0]  # NaN / inf voxels in the block's own input and in its output
+    ph = Phases()
+    if len(pieces) == 1:
+        data = ph.timed("read", _read, ctx, block)
+        out = ph.timed("method", _compute, ctx, block, data, tally)
+        if ctx.overlap:
+            _hand_over_thread()
+        ctx.keeper.check_current(ctx.digest)  # before the block's first write: see Bookkeeper.check_current
+        _write(ctx, block, out, ph)
+    else:
+        _pipeline(ctx, pieces, tally, ph)
+    ph.timed("fsync", make_durable, ctx.output_url, ctx.array, block.out_lo, block.out_hi)
+    with ph.timing("marker"):  # it vouches for what was written (sizes, checksums): see status --verify
+        ctx.keeper.mark_done(block.key, ctx.digest, vouch_shards(ctx.array, block.out_lo, block.out_hi))
+    return {"key": block.key, "seconds": time.perf_counter() - t0, "voxels": int(np.prod(block.out_shape)),
+            "nonfinite": tally, "phases": ph.seconds}
+
+
+def _announce_start(topic: str | None) -> None:
+    """Tell the client this task is executing now, and on which worker (a dask event), so the block's time-out
+    counts from here, not from submission -- blocks wait in worker queues (three per thread are in flight) --
+    and a stuck block can be named with its worker.  No-op outside a dask worker."""
+    if topic is None:
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        worker.log_event(topic, {"key": str(worker.get_current_task()), "worker": worker.address})
+    except Exception:  # a direct call, not a task on a worker: no client is waiting for the event
+        pass
+
+
+def _read(ctx: BlockContext, block: Block) -> np.ndarray:
+    return ctx.volume.read_padded(block.in_lo, block.in_hi)
+
+
+def _compute(ctx: BlockContext, block: Block, data: np.ndarray, tally: list[int]) -> np.ndarray:
+    start, stop = ctx.plan.local_range(block)
+    out = ctx.method.apply_at(data, ctx.plan.factor, start, stop, block.in_lo)
+    if out.shape != block.out_shape:
+        raise RuntimeError(f"method {ctx.method.name} returned {out.shape} for block {block.key}, "
+                           f"expected {block.out_shape}")
+    if ctx.level == LEVEL0:  # counted, not refused: one warning at the end of the run (plan_checks)
+        tally[:] = [a + b for a, b in zip(tally, nonfinite_counts(ctx.plan, block, data, out))]
+    return out
+
+
+def _write(ctx: BlockContext, block: Block, out: np.ndarray, ph: Phases) -> None:
+    box = tuple(slice(a, b) for a, b in zip(block.out_lo, block.out_hi))
+    t0 = time.perf_counter()
+    try:
+        ctx.array[box] = out
+    except Exception:
+        # zarr reads a stored shard before rewriting it, and one torn by a crash cannot be read: drop it and write
+        # afresh. Never delete first, and withdraw the block's marker before deleting: another attempt at the same
+        # block (a timed-out one still running) may have marked it done, and a kill between the delete and the
+        # rewrite must not leave a marked block without its shards. This attempt marks it again once durable.
+        ctx.keeper.unmark(block.key)
+        clear_shards(ctx.array, block.out_lo, block.out_hi)
+        ctx.array[box] = out
+    ph.split_write(time.perf_counter() - t0, *shard_seconds(ctx.array, block.out_lo, block.out_hi))
+
+
+def _write_durably(ctx: BlockContext, piece: Block, out: np.ndarray, ph: Phases) -> None:
+    _write(ctx, piece, out, ph)
+    ph.timed("fsync", make_durable, ctx.output_url, ctx.array, piece.out_lo, piece.out_hi)  # off the compute thread
+
+
+def _hand_over_thread() -> None:
+    """Give this task's worker thread to the next block once the compute is done (``distributed.secede``): what
+    is left -- compress, write, fsync, done marker -- then overlaps with the next block's compute, also on a
+    worker with one thread.  Computes never overlap each other: a task hands over only after its last one.
+    The task still writes its own marker after its own shards are durable.  No-op outside a dask worker."""
+    try:
+        from distributed import secede
+
+        secede()
+    except Exception:  # not running as a task on a worker (a direct call): nothing to hand over
+        pass
+
+
+def _pipeline(ctx: BlockContext, pieces: list[Block], tally: list[int], ph: Phases) -> None:
+    """Read, compute and write a block's Z pieces (its shards along Z) as a three-stage pipeline, so that on a
+    worker with one thread -- a GPU worker -- reading the next piece and compressing, writing and fsyncing the
+    previous one run while the current one computes.
+
+    Why inside one task, not across tasks: the task still owns its block from read to done marker, so retries,
+    time-outs, resume and "every shard durable before the marker" are exactly those of the serial path; nothing
+    has to guess which block a worker runs next; and a failure anywhere raises here, after the pieces in flight
+    have settled, with no marker written.  The first read of a block does not overlap, so give GPU workers
+    blocks of several shards along Z (e.g. ``--block-shape 256,1024,1024 --shard-shape 64,1024,1024``); the
+    last write does overlap the next block's compute, because the task hands its thread over once its last piece
+    is computed (``_hand_over_thread``).  Only methods whose Z pieces give exactly the block's result
+    (``z_split_exact``) are cut; at most one piece is read, one computed and two written at a time, so memory
+    stays bounded by the block.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="isovol-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="isovol-write") as writer:
+        writes: deque[Any] = deque()
+        try:
+            nxt = reader.submit(ph.timed, "read", _read, ctx, pieces[0])
+            for i, piece in enumerate(pieces):
+                data = nxt.result()
+                if i + 1 < len(pieces):
+                    nxt = reader.submit(ph.timed, "read", _read, ctx, pieces[i + 1])
+                out = ph.timed("method", _compute, ctx, piece, data, tally)
+                del data
+                while len(writes) >= 2:  # bound the outputs held in memory
+                    writes.popleft().result()
+                if i == 0:  # before the block's first write: see Bookkeeper.check_current
+                    ctx.keeper.check_current(ctx.digest)
+                writes.append(writer.submit(_write_durably, ctx, piece, out, ph))
+            _hand_over_thread()
+            while writes:
+                writes.popleft().result()
+        finally:
+            for fut in writes:  # on failure: let the writes in flight settle before the task reports it
+                fut.cancel()
