@@ -8,10 +8,10 @@ Y/X are processed in tiles: a core plus a ``margin`` of context on each side, cr
 Tile cores are cut on a global grid, at multiples of ``tile`` in volume coordinates, and a block's first
 tile is pulled back to a multiple of 16 px, because the network (four stride-2 levels) is shift-equivariant
 only for shifts that are multiples of 16.  So when block Y/X borders fall on multiples of ``tile`` every
-block cuts the very tiles of a single call and the results are identical; any other layout changes a voxel
-only through context beyond the margin (measured: at most 1 grey level, far below 0.1 % of the voxels;
-tested).  A blending window would hide seams but make every voxel depend on which tiles a block happened to
-cut, which is what the crop avoids.
+block cuts the very tiles of a single call and the results are identical, and ``block_multiple`` makes the
+planner round every block shape up to that grid.  (Off the grid a voxel would change only through context
+beyond the margin: at most 1 grey level, far below 0.1 % of the voxels.)  A blending window would hide
+seams but make every voxel depend on which tiles a block happened to cut, which is what the crop avoids.
 
 The model loads once per worker (the worker plugin's model cache, ``pipeline/methods/cache.py``), else lazily
 once per copy of the method; it runs bf16 autocast on CUDA and fp32 on CPU.  Everything around the model --
@@ -92,6 +92,11 @@ class DGEANMethod(CheckpointMethod):
 
     def _tile(self) -> int:
         return self.tile or (512 if self._device().startswith("cuda") else 128)
+
+    @property
+    def block_multiple(self) -> tuple[int, int, int]:  # type: ignore[override]
+        """Y/X block borders on the global tile grid: every block then cuts the tiles of one whole-volume call."""
+        return (1, self._tile(), self._tile())
 
     def _amp(self) -> bool:
         return self.precision == "bf16" or (self.precision == "auto" and self._device().startswith("cuda"))
