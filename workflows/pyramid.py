@@ -234,15 +234,17 @@ def pyramid_command(url: str, options: dict[str, Any], levels: int | str, *, reb
     base = open_level0(url, options, mode="r")
     level_shapes(base.shape, base.chunks, levels)  # too many levels: refused before the state changes
     block = tuple(record.plan.get("block_shape") or ()) or None  # level 0's, so the markers of a repair match
-    keeper.write_record(record.with_state(RunState.RUNNING))
-    summary = None
+    summary, started = None, False
     try:
         with open_cluster(**cluster) as client:
+            # "running" only once there is a cluster to work on: a kill during start-up leaves the output complete
+            keeper.write_record(record.with_state(RunState.RUNNING))
+            started = True
             summary = build_pyramid(client, url, options, record.tag, levels, block_shape=block,  # type: ignore
                                     fresh=rebuild, progress=progress, retries=retries, timeout=timeout)
     finally:
         current = keeper.read_record()
-        if current is not None and current.tag == record.tag:
+        if started and current is not None and current.tag == record.tag:
             ok = summary is not None and summary.ok
             keeper.write_record(current.with_state(RunState.COMPLETE if ok else RunState.INCOMPLETE))
     return summary
