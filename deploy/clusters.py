@@ -37,6 +37,15 @@ def default_config(kind: str) -> dict[str, Any]:
         return yaml.safe_load(f) or {}
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line (PyYAML's message spans several): what is wrong, and where."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
+
+
 def load_config(kind: str, config_path: str | os.PathLike | None = None,
                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults of ``kind`` updated by the YAML file ``config_path`` and then by ``overrides``."""
@@ -49,7 +58,7 @@ def load_config(kind: str, config_path: str | os.PathLike | None = None,
         except FileNotFoundError:
             raise InputError(f"cluster config not found: {config_path}") from None
         except yaml.YAMLError as e:
-            raise InputError(f"cluster config {config_path} is not valid YAML: {e}") from None
+            raise InputError(f"cluster config {config_path} is not valid YAML ({_yaml_problem(e)})") from None
         if user is None:
             user = {}
         if not isinstance(user, dict):
