@@ -68,6 +68,15 @@ PENDING: dict[str, tuple[int, str]] = {
 }
 
 
+def mark_pending(name: str) -> Callable:
+    """Decorator: the test ``name`` is expected to fail while it is listed in :data:`PENDING`."""
+    def decorate(test: Callable) -> Callable:
+        for mark in pending(name):
+            test = mark(test)
+        return test
+    return decorate
+
+
 def pending(name: str) -> list:
     """The xfail mark of a test or case listed in :data:`PENDING` (none otherwise)."""
     import pytest
@@ -84,7 +93,13 @@ def isovol(*args: object, cwd: str | os.PathLike | None = None, timeout: float =
     reported with returncode -9 and what it wrote so far."""
     proc = Launch([ISOVOL, *map(str, args)], cwd=cwd, env=env)
     code, err = proc.finish(timeout)
-    return subprocess.CompletedProcess(proc.cmd, code, "", err)
+    return subprocess.CompletedProcess(proc.cmd, code, proc.stdout, err)
+
+
+def _temp(what: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f"isovol-{what}-")
+    os.close(fd)
+    return Path(name)
 
 
 class Launch:
@@ -92,17 +107,15 @@ class Launch:
 
     def __init__(self, cmd: list[str], cwd: str | os.PathLike | None = None, env: dict[str, str] | None = None):
         self.cmd, self.cwd = cmd, cwd
-        fd, name = tempfile.mkstemp(prefix="isovol-stderr-")
-        os.close(fd)
-        self.err_path = Path(name)
-        with open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=subprocess.DEVNULL, stderr=err,
+        self.err_path, self.out_path = _temp("stderr"), _temp("stdout")
+        with open(self.err_path, "w") as err, open(self.out_path, "w") as out:
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=out, stderr=err,
                                          start_new_session=True)
         self.started = time.monotonic()
 
     def stderr(self) -> str:
         try:
-            return self.err_path.read_text()
+            return self.err_path.read_text(errors="replace")
         except OSError:
             return ""
 
@@ -136,13 +149,16 @@ class Launch:
         return alive
 
     def finish(self, timeout: float = 120.0) -> tuple[int, str]:
-        """Wait for the end: (exit code, stderr); a command past ``timeout`` is SIGKILLed and gives -9."""
+        """Wait for the end: (exit code, stderr); a command past ``timeout`` is SIGKILLed and gives -9.
+        Its stdout is then in :attr:`stdout`."""
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
         err = self.stderr()
+        self.stdout = self.out_path.read_text(errors="replace")
         self.err_path.unlink(missing_ok=True)
+        self.out_path.unlink(missing_ok=True)
         return self.proc.returncode, err
 
 
@@ -181,8 +197,7 @@ class Zygote:
             stop_at: str | None = None) -> subprocess.CompletedProcess:
         """``isovol ARGS`` in ``cwd``; stopped (SIGKILL, code -9) after ``timeout`` s or once stderr shows
         ``stop_at`` (e.g. the line a run prints when it goes ahead)."""
-        fd, err = tempfile.mkstemp(prefix="isovol-stderr-")
-        os.close(fd)
+        err = str(_temp("stderr"))
         request = {"args": [str(a) for a in args], "cwd": str(cwd), "err": err, "timeout": timeout, "stop": stop_at}
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write(json.dumps(request) + "\n")
