@@ -197,15 +197,17 @@ class Zygote:
             stop_at: str | None = None) -> subprocess.CompletedProcess:
         """``isovol ARGS`` in ``cwd``; stopped (SIGKILL, code -9) after ``timeout`` s or once stderr shows
         ``stop_at`` (e.g. the line a run prints when it goes ahead)."""
-        err = str(_temp("stderr"))
-        request = {"args": [str(a) for a in args], "cwd": str(cwd), "err": err, "timeout": timeout, "stop": stop_at}
+        err, out = str(_temp("stderr")), str(_temp("stdout"))
+        request = {"args": [str(a) for a in args], "cwd": str(cwd), "err": err, "out": out, "timeout": timeout,
+                   "stop": stop_at}
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         code = int(json.loads(self.proc.stdout.readline())["code"])
-        text = Path(err).read_text()
+        text, printed = Path(err).read_text(errors="replace"), Path(out).read_text(errors="replace")
         os.unlink(err)
-        return subprocess.CompletedProcess(["isovol", *request["args"]], code, "", text)
+        os.unlink(out)
+        return subprocess.CompletedProcess(["isovol", *request["args"]], code, printed, text)
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -214,12 +216,11 @@ class Zygote:
 
 
 def _zygote_child(req: dict) -> None:
-    """In the forked child: become ``isovol ARGS`` run from ``cwd``, stderr (and stdout) into the file."""
+    """In the forked child: become ``isovol ARGS`` run from ``cwd``, stderr and stdout into their files."""
     os.setsid()
     os.chdir(req["cwd"])
-    fd = os.open(req["err"], os.O_WRONLY | os.O_TRUNC)
-    os.dup2(fd, 2)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.dup2(os.open(req["err"], os.O_WRONLY | os.O_TRUNC), 2)
+    os.dup2(os.open(req["out"], os.O_WRONLY | os.O_TRUNC), 1)
     sys.argv = ["isovol", *req["args"]]
     code: object = 0
     try:
