@@ -133,6 +133,10 @@ class Launch:
             time.sleep(every)
         return False
 
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` or until the command ends, whichever comes first."""
+        self.wait_for(lambda: False, seconds)
+
     def kill(self, sig: int = signal.SIGKILL) -> bool:
         """Send ``sig`` to the whole group; True if the command was still running.  After SIGKILL, waits until
         no process of the group is left (a worker that outlives its client could still write)."""
@@ -407,7 +411,7 @@ def kill_and_resume(source: str, out: Path, expected: np.ndarray, *, markers: in
     if markers is not None:
         run.wait_for(lambda: len(done_markers(out)) >= markers, timeout)
     else:
-        run.wait_for(lambda: False, after or 0.0)
+        run.sleep(after or 0.0)
     count = len(done_markers(out))
     run.kill()
     run.finish()
