@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "faults"))
 
 import faultkit as fk  # noqa: E402
 import faults_scenarios as more  # noqa: E402
-from faults_scenarios import Row, pending_note  # noqa: E402
+from faults_scenarios import Row, pending_note, table  # noqa: E402
 
 
 @dataclass
@@ -159,12 +159,15 @@ def bad_inputs(env: Env) -> Row:
             row.trials += 1
             row.clear += outcome.ok
             row.exact += not outcome.changed or case.mode != "refuse"
-            got = fk.read_level(work / "prev.ome.zarr")
-            lost = prev.size if got is None or got.shape != prev.shape else int((got != prev).sum())
+            lost = 0
+            if any(c.startswith("prev.ome.zarr") for c in outcome.changed):  # the earlier output, harmed
+                got = fk.read_level(work / "prev.ome.zarr")
+                lost = prev.size if got is None or got.shape != prev.shape else int((got != prev).sum())
             row.lost += lost
             if not outcome.ok:
                 item = fk.PENDING.get(case.name, (None, ""))[0]
-                row.notes.append(f"{case.name}" + (f" (item {item})" if item else " (NEW)"))
+                row.notes.append(f"{case.name}" + (f" (item {item}" if item else " (NEW") +
+                                 (f", {lost} voxels lost)" if lost else ")"))
     finally:
         zygote.close()
     return row
@@ -183,13 +186,6 @@ SCENARIOS: dict[str, Callable[[Env], Row]] = {
     "input-chunk": more.input_chunk,
     "bad-inputs": bad_inputs,
 }
-
-
-def table(rows: list[Row]) -> str:
-    head = ["scenario", "trials", "exact", "clear errors", "voxels lost", "notes"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,14 @@ class Row:
                 "; ".join(dict.fromkeys(self.notes))]
 
 
+def table(rows: list[Row]) -> str:
+    """The rows as a Markdown table."""
+    head = ["scenario", "trials", "exact", "clear errors", "voxels lost", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def pending_note(row: Row, name: str) -> Row:
     """Name the issue 17 item whose fix is expected to change ``row`` (``faultkit.PENDING``)."""
     if name in fk.PENDING:
