@@ -45,6 +45,8 @@ PENDING: dict[str, tuple[int, str]] = {
     "output-contains-input": (1, "the output folder holds the input array: --overwrite deletes it"),
     # item 2: exclusive output creation
     "concurrent-runs": (2, "two runs on one output: the second may delete the first's half-made output"),
+    # item 6: blockwise == whole for every layout (or blocks aligned with the method's tiles)
+    "block-layout": (6, "d2r-prior blocks that cut its Z tiles differ from the single call"),
     # item 7: resume and status states
     "killed-resume-on-complete": (7, "a --resume killed at start-up demotes a complete output to running"),
     "status-all-done-not-final": (7, "status says running, N/N blocks, exit 0, after a kill before finalising"),
