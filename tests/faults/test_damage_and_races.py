@@ -17,47 +17,19 @@ import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 from faultkit import (
-    THREADS,
     Zygote,
     error_line,
     exact,
     isovol,
-    low_volume,
     mark_pending,
-    reference,
-    run_state,
     upsample_args,
     voxels_lost,
-    write_input,
 )
 
 SEED = 23
-
-
-@pytest.fixture(scope="module")
-def low() -> np.ndarray:
-    return low_volume()
-
-
-@pytest.fixture(scope="module")
-def source(low, tmp_path_factory) -> str:
-    return write_input(tmp_path_factory.mktemp("input") / "in.ome.zarr", low)
-
-
-@pytest.fixture(scope="module")
-def expected(low) -> np.ndarray:
-    return reference(low)
-
-
-@pytest.fixture(scope="module")
-def threads(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("cluster") / "threads.yaml"
-    path.write_text(THREADS)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +38,6 @@ def cmd(tmp_path_factory):
     zygote, where = Zygote(), tmp_path_factory.mktemp("cwd")
     yield lambda *args: zygote.run([str(a) for a in args], where, timeout=120)
     zygote.close()
-
-
-@pytest.fixture(scope="module")
-def complete(source, threads, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("complete") / "out.ome.zarr"
-    res = isovol(*upsample_args(source, out, cluster=threads)[1:])
-    assert res.returncode == 0 and run_state(out) == "complete", res.stderr
-    return str(out)
 
 
 @pytest.fixture

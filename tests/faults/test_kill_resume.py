@@ -3,7 +3,7 @@
 of a complete output killed during start-up must leave it complete (issue 17 item 7).
 
 ``benchmarks/faults.py`` runs many more trials at random times; these few pin the kinds of point: between level-0
-markers on worker processes and on threads, and inside the pyramid.
+markers (on worker processes) and inside the pyramid.
 """
 
 from __future__ import annotations
@@ -11,49 +11,21 @@ from __future__ import annotations
 import re
 import shutil
 
-import numpy as np
-import pytest
 from faultkit import (
-    THREADS,
     Launch,
     done_markers,
     isovol,
     kill_and_resume,
-    low_volume,
     mark_pending,
-    reference,
     run_state,
     seeded_points,
     tree,
     upsample_args,
     voxels_lost,
-    write_input,
 )
 
 SEED = 17
-POINTS = seeded_points(SEED, 2, 1, 60)  # done markers (of 68) when the kill lands
-
-
-@pytest.fixture(scope="module")
-def low() -> np.ndarray:
-    return low_volume()
-
-
-@pytest.fixture(scope="module")
-def source(low, tmp_path_factory) -> str:
-    return write_input(tmp_path_factory.mktemp("input") / "in.ome.zarr", low)
-
-
-@pytest.fixture(scope="module")
-def expected(low) -> np.ndarray:
-    return reference(low)
-
-
-@pytest.fixture(scope="module")
-def threads(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("cluster") / "threads.yaml"
-    path.write_text(THREADS)
-    return str(path)
+POINTS = seeded_points(SEED, 1, 1, 60)  # done markers (of 68) when the kill lands
 
 
 def skipped(err: str) -> int:
@@ -75,12 +47,6 @@ def test_killed_between_markers_on_worker_processes(source, expected, tmp_path):
     check(trial, out, expected)
 
 
-def test_killed_between_markers_on_threads(source, expected, threads, tmp_path):
-    out = tmp_path / "out.ome.zarr"
-    trial = kill_and_resume(source, out, expected, markers=POINTS[1], cluster=threads)
-    check(trial, out, expected)
-
-
 def test_killed_inside_the_pyramid(source, expected, threads, tmp_path):
     """Level 0 complete, the first pyramid level's first marker written: the resume keeps level 0 whole."""
     out = tmp_path / "out.ome.zarr"
@@ -93,14 +59,6 @@ def test_killed_inside_the_pyramid(source, expected, threads, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert skipped(resumed.stderr) == 68
     assert run_state(out) == "complete" and voxels_lost(out, expected) == 0
-
-
-@pytest.fixture(scope="module")
-def complete(source, threads, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("complete") / "out.ome.zarr"
-    res = isovol(*upsample_args(source, out, cluster=threads)[1:])
-    assert res.returncode == 0 and run_state(out) == "complete", res.stderr
-    return str(out)
 
 
 @mark_pending("killed-resume-on-complete")
