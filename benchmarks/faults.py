@@ -39,6 +39,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "faults"))
 import faultkit as fk  # noqa: E402
 import faults_scenarios as more  # noqa: E402
 from faults_scenarios import Row, pending_note, table  # noqa: E402
+from zygote import Zygote  # noqa: E402
 
 
 @dataclass
@@ -104,7 +105,7 @@ def concurrent(env: Env) -> Row:
         d = env.folder("race")
         out = d / "out.ome.zarr"
         args = fk.upsample_args(env.source, out, cluster=env.threads)[1:]
-        zygotes, barrier, results = [fk.Zygote(), fk.Zygote()], threading.Barrier(2), [None, None]
+        zygotes, barrier, results = [Zygote(), Zygote()], threading.Barrier(2), [None, None]
 
         def go(i: int, zygotes=zygotes, barrier=barrier, results=results, args=args, d=d) -> None:
             barrier.wait()
@@ -152,7 +153,7 @@ def bad_inputs(env: Env) -> Row:
     row = Row("bad inputs and options", exact=0, clear=0)
     base = badcases.make_base(env.folder("bad") / "base")
     prev = fk.read_level(base / "prev.ome.zarr")
-    zygote = fk.Zygote()
+    zygote = Zygote()
     try:
         for case in badcases.CASES:
             work = env.folder("case") / "case"

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from faultkit import THREADS, Zygote, error_line, isovol, tree
+from faultkit import THREADS, error_line, isovol, tree
+from zygote import Zygote
 
 #: a secret as a careless user pastes it: it must never be echoed
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzEXAMPLEKEY"

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 from badcases import BY_NAME, CASES, SECRET, make_base, run_case
-from faultkit import PENDING, Zygote, pending
+from faultkit import PENDING, pending
+from zygote import Zygote
 
 #: PENDING names that are tests of the other modules (or a benchmark's scenario), not cases of the table
 TESTS = {"frozen-worker-random", "block-layout", "concurrent-runs", "killed-resume-on-complete",

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import zarr
 from faultkit import (
-    Zygote,
     error_line,
     exact,
     isovol,
@@ -28,6 +27,7 @@ from faultkit import (
     upsample_args,
     voxels_lost,
 )
+from zygote import Zygote
 
 SEED = 23
 
