@@ -45,9 +45,10 @@ PENDING: dict[str, tuple[int, str]] = {
     "output-contains-input": (1, "the output folder holds the input array: --overwrite deletes it"),
     # item 2: exclusive output creation
     "concurrent-runs": (2, "two runs on one output: the second may delete the first's half-made output"),
-    # item 5, found again here (benchmarks/faults.py frozen-timeout): a worker SIGSTOPped at a random moment
-    "frozen-worker-random": (5, "found here: a worker frozen at a random moment hangs the run even with "
-                                "--block-timeout (no retry warning); only a block that reported its start times out"),
+    # item 5, found again here (benchmarks/faults.py frozen-timeout, test_frozen_worker.py): a worker SIGSTOPped
+    # before its blocks report their start
+    "frozen-worker-random": (5, "found here: a worker frozen before its blocks started hangs the run even with "
+                                "--block-timeout (no retry line); only a block that reported its start times out"),
     # item 6: blockwise == whole for every layout (or blocks aligned with the method's tiles)
     "block-layout": (6, "d2r-prior blocks that cut its Z tiles differ from the single call"),
     # item 7: resume and status states
