@@ -70,6 +70,9 @@ def load_config(kind: str, config_path: str | os.PathLike | None = None,
 
 
 def _check_type(kind: str, key: str, default: Any, value: Any, source: str) -> None:
+    if key in COUNTS and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputError(f"{key} in {source} for --cluster {kind} must be a whole number of at least 1 (or null "
+                         f"for the default), got {value!r}")
     if default is None or value is None:
         return
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -88,6 +91,8 @@ def _check_type(kind: str, key: str, default: Any, value: Any, source: str) -> N
 
 
 TIME_KEYS = {"walltime", "lifetime", "lifetime_margin", "lifetime_stagger"}
+#: keys that count something (their default may be null: "pick one"), checked as whole numbers >= 1
+COUNTS = {"workers"}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

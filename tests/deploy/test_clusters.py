@@ -72,6 +72,18 @@ def test_invalid_yaml_is_one_line_with_its_place(tmp_path):
     assert "\n" not in msg and "not valid YAML" in msg and "line 3, column 1" in msg, msg
 
 
+@pytest.mark.parametrize("value", ["many", 0, -2, 1.5, True])
+def test_a_count_whose_default_is_null_is_still_checked(tmp_path, value):
+    """``workers: null`` means "pick one"; any value given must be a whole number >= 1, or the cluster start-up
+    fails later with a traceback."""
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"workers": value}))
+    with pytest.raises(InputError, match="workers in .* must be a whole number of at least 1"):
+        load_config("local", f)
+    f.write_text("workers: 3\n")
+    assert load_config("local", f)["workers"] == 3
+
+
 def test_overrides_apply_and_types_are_checked(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("jobs: 3\nqueue: gpu\njob_extra_directives: ['--qos=high']\n")

@@ -38,39 +38,10 @@ THREADS = "processes: false\n"
 #: The ONE list of expected failures of the fault suite (tests mark them ``xfail(strict=False)`` through
 #: :func:`pending`, the benchmarks print them): remove a line once its fix has landed.
 PENDING: dict[str, tuple[int, str]] = {
-    # item 1: input and output compared by resolved identity before anything is removed
-    "output-is-input-trailing-slash": (1, "./prev.ome.zarr/ is the input: --overwrite deletes it"),
-    "output-is-input-absolute": (1, "the absolute path of the input: --overwrite deletes it"),
-    "output-is-input-via-symlink": (1, "a symlink to the input: --overwrite deletes it"),
-    "output-contains-input": (1, "the output folder holds the input array: --overwrite deletes it"),
-    # item 2: exclusive output creation
-    "concurrent-runs": (2, "two runs on one output: the second may delete the first's half-made output"),
     # item 5, found again here (benchmarks/faults.py frozen-timeout, test_frozen_worker.py): a worker SIGSTOPped
     # before its blocks report their start
     "frozen-worker-random": (5, "found here: a worker frozen before its blocks started hangs the run even with "
                                 "--block-timeout (no retry line); only a block that reported its start times out"),
-    # item 6: blockwise == whole for every layout (or blocks aligned with the method's tiles)
-    "block-layout": (6, "d2r-prior blocks that cut its Z tiles differ from the single call"),
-    # item 7: resume and status states
-    "killed-resume-on-complete": (7, "a --resume killed at start-up demotes a complete output to running"),
-    "status-all-done-not-final": (7, "status says running, N/N blocks, exit 0, after a kill before finalising"),
-    # item 8: one line naming the array and chunk
-    "truncated-input-chunk": (8, "a truncated input chunk ends in many lines with a worker traceback"),
-    "truncated-npy": (8, "found here: a truncated .npy is opened, then fails mid-run with a traceback, output left"),
-    # item 9: --workers/--retries/--block-timeout checked before anything is created
-    "workers-0": (9, "--workers 0 silently means the default"),
-    "workers-negative": (9, "--workers -1 hangs waiting for the first worker"),
-    "retries-negative": (9, "--retries -1 is accepted"),
-    "block-timeout-negative": (9, "--block-timeout -5 ends in a traceback after the output was created"),
-    "block-timeout-zero": (9, "--block-timeout 0 is accepted"),
-    "cluster-config-wrong-type": (9, "found here: 'workers: many' in a cluster config ends in a traceback"),
-    # item 10: refuse or one warning line
-    "factor-10000": (10, "--factor 10000 writes 10^4 times the input without a word"),
-    "block-shape-1": (10, "--block-shape 1,1,1 plans thousands of tasks without a word"),
-    "nan-input": (10, "NaN spreads through the interpolation silently"),
-    "complex-input": (10, "complex input is cast with only a numpy warning"),
-    # item 11: secrets never echoed
-    "secret-in-endpoint-url": (11, "a secret in endpoint_url is echoed in the error"),
 }
 
 
