@@ -7,7 +7,10 @@ Lost and frozen workers, and what each mechanism covers:
   it held; the executor retries them further if that is not enough (``--retries``).
 - **A worker freezes** (stopped, hung in I/O): with ``--block-timeout`` the executor resubmits the block and asks
   the scheduler to restart that worker (``restart``): its nanny kills the frozen process and starts a new one, which
-  also frees the blocks queued on it.  Without a time-out, dask's scheduler restarts a worker that has not sent a
+  also frees the blocks queued on it.  A worker frozen before any of its blocks could say it started (while it
+  unpacks the run's context, say) has no block to time out: ``silent_holders`` finds it as a worker that holds
+  blocks not started and has started none for twice the time-out, and it is restarted the same way.  Without a
+  time-out, dask's scheduler restarts a worker that has not sent a
   heartbeat for ``distributed.scheduler.worker-ttl`` (5 minutes by default), and ``warn_stalled`` names a block
   that runs far longer than the others, with its worker, so the wait is not silent.
 - **The cluster has no workers left** and none come back within ``worker_wait`` (a nanny cannot restart itself;
@@ -44,6 +47,8 @@ class ClusterWatch:
         self.empty_since: float | None = None  # when the cluster was first seen without workers, if it is now
         self.durations: deque[float] = deque(maxlen=200)  # seconds of the latest blocks done
         self.warned: set[str] = set()
+        self.active: dict[str, float] = {}  # worker -> when it last started a block (or was first seen)
+        self.probed = -float("inf")  # when the scheduler was last asked which worker holds what
         if fixed is None and not client.nthreads():
             log.info("waiting for the first worker to join the cluster")
             client.wait_for_workers(1)
@@ -83,6 +88,27 @@ class ClusterWatch:
         if status.get(worker, "OK") not in ("OK", "removed"):  # absent: the worker had left already
             log.warning("restarting %s: %s", worker, status[worker])
         self.checked = -float("inf")  # count the workers afresh
+
+    def note_started(self, worker: str, now: float) -> None:
+        self.active[worker] = now
+
+    def silent_holders(self, waiting: set[str], now: float, limit: float) -> list[str]:
+        """Workers that hold tasks of ``waiting`` (submitted, not started) and have started no block for ``limit``
+        seconds: frozen before their blocks could start.  Asks the scheduler at most once per ``limit``."""
+        if now - self.probed < limit:
+            return []
+        self.probed = now
+        try:
+            held = self.client.processing()
+        except Exception as exc:  # the scheduler is busy or gone: the next probe tries again
+            log.debug("cannot ask the scheduler which worker holds what: %s", exc)
+            return []
+        silent = []
+        for worker, keys in held.items():
+            first = self.active.setdefault(worker, now)  # a worker seen for the first time gets its full limit
+            if now - first > limit and any(str(k) in waiting for k in keys):
+                silent.append(worker)
+        return silent
 
     def block_done(self, seconds: float) -> None:
         self.durations.append(seconds)

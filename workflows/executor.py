@@ -151,7 +151,9 @@ class _Run:
 
     def _on_start(self, event: tuple[float, Any]) -> None:
         msg = event[1]
-        self.started.setdefault(msg["key"], (time.monotonic(), msg["worker"]))
+        now = time.monotonic()
+        self.started.setdefault(msg["key"], (now, msg["worker"]))
+        self.watch.note_started(msg["worker"], now)
 
     def _ship_context(self) -> Any:
         return self.client.submit(_given, self.ctx, key=f"isovol-context-{self.ctx.digest[:8]}-{self.run_id}",
@@ -176,12 +178,25 @@ class _Run:
                     self.watch.restart(worker, f"block {block.key} ran past its time-out")
             if not self.timeout:
                 self.watch.warn_stalled({f.key: b.key for f, b in self.running.items()}, self.started, now)
+            else:
+                self._restart_silent(now)
             gone = self.watch.workers_gone_for()
             if self.running and gone > self.watch.worker_wait:
                 self.summary.stopped = f"the cluster has had no workers for {gone:.0f} s"
                 log.error("%s; stopping (rerun with --resume once the cluster has workers)", self.summary.stopped)
                 break
         self.summary.not_run = len(self.queue) + len(self.running)
+
+    def _restart_silent(self, now: float) -> None:
+        """Restart workers frozen before any block they hold could start (no block of theirs can time out)."""
+        waiting = {str(f.key) for f in self.running if f.key not in self.started}
+        if self.ctx_future.status == "pending":
+            waiting.add(str(self.ctx_future.key))
+        if not waiting:
+            return
+        limit = 2 * self.timeout  # type: ignore[operator]
+        for worker in self.watch.silent_holders(waiting, now, limit):
+            self.watch.restart(worker, f"worker {worker} holds blocks and started none for {limit:.0f} s")
 
     def _fill(self) -> None:
         if self.ctx_future.status in ("cancelled", "lost"):  # released by the scheduler after all: ship it again

@@ -38,10 +38,6 @@ THREADS = "processes: false\n"
 #: The ONE list of expected failures of the fault suite (tests mark them ``xfail(strict=False)`` through
 #: :func:`pending`, the benchmarks print them): remove a line once its fix has landed.
 PENDING: dict[str, tuple[int, str]] = {
-    # item 5, found again here (benchmarks/faults.py frozen-timeout, test_frozen_worker.py): a worker SIGSTOPped
-    # before its blocks report their start
-    "frozen-worker-random": (5, "found here: a worker frozen before its blocks started hangs the run even with "
-                                "--block-timeout (no retry line); only a block that reported its start times out"),
 }
 
 

@@ -74,7 +74,7 @@ def env(tmp_path_factory) -> dict[str, str]:
     return {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(where), ENV.get("PYTHONPATH")]))}
 
 
-@pytest.mark.slow  # while it fails it waits out its 45 s limit
+@pytest.mark.slow  # about 20 s: a worker frozen for 2 x --block-timeout, restarted, its blocks rerun
 @mark_pending("frozen-worker-random")
 def test_a_worker_frozen_before_its_blocks_start_is_restarted(env, source, low, tmp_path):
     gate, out = tmp_path / "gate", tmp_path / "out.ome.zarr"
