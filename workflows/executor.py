@@ -27,6 +27,9 @@ from .profile import merge
 
 log = logging.getLogger(__name__)
 
+#: seconds to fetch a finished block's result (a small dict) from its worker; a worker frozen since it finished
+#: the block does not answer, and the block is then retried elsewhere (its writes are idempotent)
+RESULT_TIMEOUT = 10.0
 _TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "requesttimeout", "serviceunavailable", "internalerror",
                     "connection", "timed out", "timeout", "temporarily", "503", "500 ")
 
@@ -148,6 +151,7 @@ class _Run:
         self.attempts: dict[str, int] = {}
         self.running: dict[Any, Block] = {}
         self.aborted = False
+        self.unreachable = False  # the last block settled finished, but its worker did not hand over its result
 
     def _on_start(self, event: tuple[float, Any]) -> None:
         msg = event[1]
@@ -176,6 +180,8 @@ class _Run:
                     self.watch.block_done(now - since)
                 elif fut in expired:
                     self.watch.restart(worker, f"block {block.key} ran past its time-out")
+                elif self.unreachable and self.timeout:
+                    self.watch.restart(worker, f"block {block.key}'s worker did not answer")
             if not self.timeout:
                 self.watch.warn_stalled({f.key: b.key for f, b in self.running.items()}, self.started, now)
             else:
@@ -229,7 +235,15 @@ class _Run:
             exc = TimeoutError(f"block {block.key} was cancelled")
         else:
             exc = fut.exception() if fut.status == "error" else None
-        result = fut.result() if exc is None else {}
+        result: dict[str, Any] = {}
+        self.unreachable = False
+        if exc is None:  # the block's small result lives on its worker: one that froze since must not hang us
+            try:
+                result = fut.result(timeout=RESULT_TIMEOUT) or {}
+            except Exception as err:  # noqa: BLE001 - any failure to fetch makes the block a transient failure
+                self.unreachable = True
+                exc = TimeoutError(f"block {block.key} finished but its worker did not hand over its result "
+                                   f"({_one_line(err)})")
         if exc is None and "error" not in result:
             self.summary.done += 1
             counts = result.get("nonfinite", (0, 0))
