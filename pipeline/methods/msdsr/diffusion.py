@@ -126,9 +126,11 @@ def regular_mask(rows: int, z0: int, factor: int) -> Tensor:
 
 
 def ddim_timesteps(steps: int) -> list[int]:
-    """``steps`` timesteps from T-1 down to 0, evenly spaced."""
+    """``steps`` timesteps from T-1 down to 0, evenly spaced (one step: T-1, a single x0 estimate from noise)."""
     if steps < 1 or steps > T_STEPS:
         raise ValueError(f"DDIM steps must be in 1..{T_STEPS}, got {steps}")
+    if steps == 1:
+        return [T_STEPS - 1]
     return sorted({int(round(v)) for v in np.linspace(0, T_STEPS - 1, steps)}, reverse=True)
 
 
