@@ -73,7 +73,8 @@ def target(x0: Tensor, noise: Tensor, t: Tensor, parameterization: str) -> Tenso
 def predict(net: torch.nn.Module, x_t: Tensor, t: Tensor, mask: Tensor, parameterization: str = "eps"
             ) -> tuple[Tensor, Tensor]:
     """(x0 estimate, eps estimate) from the network's output at x_t (kept rows already clean)."""
-    out = net(torch.cat([x_t, mask.to(x_t.dtype).expand_as(x_t)], dim=1), t).to(x_t.dtype)
+    x = torch.cat([x_t, mask.to(x_t.dtype).expand_as(x_t)], dim=1).contiguous(memory_format=torch.channels_last)
+    out = net(x, t).to(x_t.dtype)
     ab = _bcast(alpha_bar(t)).to(x_t.dtype)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     if parameterization == "eps":

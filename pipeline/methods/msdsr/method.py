@@ -53,8 +53,10 @@ def window(tile: int, overlap: int) -> np.ndarray:
 
 
 def tile_starts(a: int, b: int, tile: int, stride: int) -> list[int]:
-    """Global starts of the tiles that cover any of [a, b)."""
-    first = -(-(a - tile + 1) // stride)
+    """Global starts of the tiles that cover any of [a, b) (a, b >= 0).  No tile starts before voxel 0: the
+    first tile covers the volume's first voxels alone (its weight there is small but the only one), which saves
+    the tiles that would mostly hold padding."""
+    first = max(0, -(-(a - tile + 1) // stride))
     return [k * stride for k in range(first, (b - 1) // stride + 1)]
 
 
@@ -133,6 +135,11 @@ class MSDSR(CheckpointMethod):
         from .network import build_denoiser
 
         return build_denoiser(self.spec["model"])
+
+    def _load(self) -> Any:
+        import torch
+
+        return super()._load().to(memory_format=torch.channels_last)  # oneDNN: about 2x faster on CPU
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "model_hash": self.model_hash, "tile": self.tile, "overlap": self.overlap,
