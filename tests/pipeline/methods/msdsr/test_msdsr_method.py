@@ -171,7 +171,8 @@ def test_bad_model_directories_and_options_are_refused_in_one_line(model_dir, tm
     os.remove(os.path.join(foreign, "model.safetensors"))
     with pytest.raises(InputError, match="has no model.safetensors"):
         MSDSR(foreign)
-    for options, message in (({"tile": 30}, "tile must be a multiple of 4"), ({"tile": TILE, "overlap": 9}, "overlap must be in 0..8"),
+    for options, message in (({"tile": 30}, "tile must be a multiple of 4"),
+                             ({"tile": TILE, "overlap": 9}, "overlap must be in 0..8"),
                              ({"steps": 0}, "steps must be a positive integer"), ({"eta": 2}, "eta must be"),
                              ({"samples": 0}, "samples must be"), ({"batch": 0}, "batch must be")):
         with pytest.raises(InputError, match=message):
