@@ -70,11 +70,38 @@ def target(x0: Tensor, noise: Tensor, t: Tensor, parameterization: str) -> Tenso
     raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
 
 
+def interpolate_rows(x: Tensor, mask: Tensor) -> Tensor:
+    """Every row of ``x`` (B, 1, H, W) linearly interpolated between the nearest kept rows above and below (the
+    nearest kept row beyond the first / last one); rows where no row is kept are 0."""
+    h = x.shape[-2]
+    idx = torch.arange(h, device=x.device).view(1, 1, h, 1).expand(mask.shape[0], 1, h, 1)
+    kept = mask.bool()
+    prev = torch.where(kept, idx, torch.full_like(idx, -1)).cummax(dim=2).values
+    nxt = torch.where(kept, idx, torch.full_like(idx, h)).flip(2).cummin(dim=2).values.flip(2)
+    prev, nxt = torch.where(prev < 0, nxt, prev), torch.where(nxt >= h, prev, nxt)
+    none = prev >= h
+    prev, nxt = prev.clamp(0, h - 1), nxt.clamp(0, h - 1)
+    span = (nxt - prev).clamp_min(1).to(x.dtype)
+    w = ((idx - prev).to(x.dtype) / span).clamp(0, 1)
+    a = torch.gather(x, 2, prev.expand(-1, -1, -1, x.shape[-1]))
+    b = torch.gather(x, 2, nxt.expand(-1, -1, -1, x.shape[-1]))
+    return torch.where(none, torch.zeros_like(a), a + w * (b - a))
+
+
+def net_input(net: torch.nn.Module, x_t: Tensor, mask: Tensor) -> Tensor:
+    """What the network sees: x_t, the mask, and (for a ``linear`` network) the kept rows interpolated."""
+    m = mask.to(x_t.dtype).expand(x_t.shape[0], 1, x_t.shape[2], 1)
+    parts = [x_t, m.expand_as(x_t)]
+    config = getattr(net, "config", None)
+    if getattr(config, "linear", False):
+        parts.append(interpolate_rows(x_t, m))
+    return torch.cat(parts, dim=1)
+
+
 def predict(net: torch.nn.Module, x_t: Tensor, t: Tensor, mask: Tensor, parameterization: str = "eps"
             ) -> tuple[Tensor, Tensor]:
     """(x0 estimate, eps estimate) from the network's output at x_t (kept rows already clean)."""
-    x = torch.cat([x_t, mask.to(x_t.dtype).expand_as(x_t)], dim=1).contiguous(memory_format=torch.channels_last)
-    out = net(x, t).to(x_t.dtype)
+    out = net(net_input(net, x_t, mask).contiguous(memory_format=torch.channels_last), t).to(x_t.dtype)
     ab = _bcast(alpha_bar(t)).to(x_t.dtype)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     if parameterization == "eps":

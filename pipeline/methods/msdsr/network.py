@@ -1,5 +1,6 @@
 """MSDSR's denoiser: a small 2-D U-Net with a timestep embedding, on two input channels (the noisy image x_t with
-the clean rows written in, and the row mask) and one output channel (the parameterisation's target: epsilon, x0
+the clean rows written in, and the row mask; with ``linear``, a third: the kept rows linearly interpolated, the
+conditioning isotropic CARE's regression starts from) and one output channel (the parameterisation's target: epsilon, x0
 or v, ``diffusion.py``).
 
 Width and depth come from the recipe (the paper's network is the 274 M-parameter LDM CelebA-HQ U-Net; ours is
@@ -27,18 +28,25 @@ class DenoiserConfig:
     depth: int = 3  # 2x2 poolings
     blocks: int = 1  # residual blocks per level
     seed: int = 0  # weight initialisation
+    linear: bool = False  # a third input channel: the kept rows linearly interpolated (beyond the paper)
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.linear, bool):
+            raise ValueError(f"linear must be true or false, got {self.linear!r}")
         if self.width % 4:
             raise ValueError(f"width must be a multiple of 4 (GroupNorm groups), got {self.width}")
 
     @property
     def align(self) -> int:
         return 2**self.depth
+
+    @property
+    def inputs(self) -> int:
+        return 3 if self.linear else 2
 
     def channels(self, level: int) -> int:
         return self.width * min(2**level, 4)
@@ -96,7 +104,8 @@ class ResBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """``forward(x, t)``: x (B, 2, H, W) = (x_t in [-1, 1]-ish, row mask in {0, 1}), t (B,) integer timesteps ->
+    """``forward(x, t)``: x (B, inputs, H, W) = (x_t in [-1, 1]-ish, row mask in {0, 1}[, interpolated rows]), t (B,)
+    integer timesteps ->
     (B, 1, H, W); H and W multiples of ``config.align``."""
 
     def __init__(self, config: DenoiserConfig):
@@ -107,7 +116,7 @@ class Denoiser(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             self.embed = nn.Sequential(nn.Linear(c.width, temb), nn.SiLU(), nn.Linear(temb, temb))
-            self.inp = nn.Conv2d(2, c.width, 3, padding=1)
+            self.inp = nn.Conv2d(c.inputs, c.width, 3, padding=1)
             self.down = nn.ModuleList()
             prev = c.width
             for level in range(d):

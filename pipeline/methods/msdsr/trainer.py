@@ -103,7 +103,7 @@ def evaluate(net: torch.nn.Module, val: ValidationSet, cfg: MSDSRTrainConfig, fa
         s = slice(i, i + cfg.batch)
         x_t = D.q_sample(val.x0[s], val.t[s], val.noise[s], mask[s])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            out = net(torch.cat([x_t, mask[s].expand_as(x_t)], 1), val.t[s]).float()
+            out = net(D.net_input(net, x_t, mask[s]), val.t[s]).float()
         goal = D.target(val.x0[s], val.noise[s], val.t[s], cfg.parameterization)
         losses.append(float(D.masked_l1(out, goal, mask[s])) * x_t.shape[0])
     result = {"loss": sum(losses) / val.x0.shape[0]}
@@ -238,7 +238,7 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: PatchSamp
     noise = torch.randn(tuple(x0.shape)).to(x0.device)
     x_t = D.q_sample(x0, t, noise, mask)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        out = model(torch.cat([x_t, mask.expand_as(x_t)], 1), t)
+        out = model(D.net_input(model, x_t, mask), t)
     loss = D.masked_l1(out.float(), D.target(x0, noise, t, train.parameterization), mask)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -113,3 +113,21 @@ def test_ddim_is_reproducible_from_its_seeds():
     with pytest.raises(ValueError, match="DDIM steps must be in 1..1000"):
         D.ddim_timesteps(0)
     assert D.ddim_timesteps(1) == [999] and D.ddim_timesteps(5) == [999, 749, 500, 250, 0]
+
+
+def test_interpolated_rows_are_linear_between_kept_rows():
+    from isovol.pipeline.methods.lateral_regression.degrade import base_rows
+
+    x = images(2, 17)
+    mask = D.regular_mask(17, 0, R).expand(2, 1, 17, 1)
+    got = D.interpolate_rows(x, mask)
+    assert torch.allclose(got, base_rows(x[..., ::R, :], R, "linear"), atol=1e-6)
+    odd = torch.zeros(1, 1, 17, 1)
+    odd[0, 0, [3, 10]] = 1
+    got = D.interpolate_rows(x[:1], odd)
+    assert torch.equal(got[0, 0, :4], x[0, 0, 3].expand(4, -1))
+    assert torch.equal(got[0, 0, 10:], x[0, 0, 10].expand(7, -1))
+    assert torch.allclose(got[0, 0, 5], x[0, 0, 3] + 2 / 7 * (x[0, 0, 10] - x[0, 0, 3]))
+    assert torch.equal(D.interpolate_rows(x[:1], torch.zeros(1, 1, 17, 1)), torch.zeros(1, 1, 17, 17))
+    net = build_denoiser({"width": 8, "depth": 2, "blocks": 1, "linear": True})
+    assert D.net_input(net, x, mask).shape == (2, 3, 17, 17)
