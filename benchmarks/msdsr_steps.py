@@ -25,6 +25,7 @@ import yaml
 from isovol.pipeline.methods import get_method, upsample_array
 from isovol.pipeline.methods.msdsr import BOOK
 from isovol.pipeline.methods.msdsr.method import MSDSR
+from isovol.pipeline.methods.msdsr.network import DenoiserConfig
 from isovol.pipeline.methods.msdsr.trainer import train_msdsr
 from isovol.pipeline.metrics import ssim
 
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=8)
     ap.add_argument("--recipe", default="cpu-demo")
     ap.add_argument("--set", action="append", default=[], help="train field=value (YAML value)")
+    ap.add_argument("--net", help="the denoiser instead of the recipe's: a YAML mapping of its fields")
     ap.add_argument("--model", help="a trained model directory (skip training)")
     ap.add_argument("--keep", help="train into this directory (kept) instead of a temporary one")
     ap.add_argument("--steps", default="1,5,20,50")
@@ -70,7 +72,8 @@ def main() -> None:
         train = replace(recipe.train, **changes)
         model = args.keep or tempfile.mkdtemp(prefix="msdsr-steps-")
         t0 = time.perf_counter()
-        res = train_msdsr(low, model, r, model_config=recipe.model, train=train, sampling=asdict(recipe.sampling),
+        net = recipe.model if args.net is None else DenoiserConfig(**yaml.safe_load(args.net))
+        res = train_msdsr(low, model, r, model_config=net, train=train, sampling=asdict(recipe.sampling),
                           device="cpu", log=print)
         print(f"trained {res['steps']} steps in {time.perf_counter() - t0:.0f} s; last validation {res['history'][-1]}")
     c, y0 = args.crop, (low.shape[1] - args.crop) // 2
