@@ -54,7 +54,8 @@ def main() -> None:
     ap.add_argument("--steps", default="1,5,20,50")
     ap.add_argument("--samples", default="1")
     ap.add_argument("--eta", type=float, default=0.0)
-    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--crop", type=int, default=64, help="Y/X size of the centred crop")
+    ap.add_argument("--slices", type=int, default=None, help="input slices of the crop [all]")
     ap.add_argument("--tile", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="append one JSON line per row to this file")
@@ -77,8 +78,9 @@ def main() -> None:
                           device="cpu", log=print)
         print(f"trained {res['steps']} steps in {time.perf_counter() - t0:.0f} s; last validation {res['history'][-1]}")
     c, y0 = args.crop, (low.shape[1] - args.crop) // 2
-    part = np.ascontiguousarray(low[:, y0 : y0 + c, y0 : y0 + c])
-    truth = truth_full[:, y0 : y0 + c, y0 : y0 + c]
+    n = args.slices or low.shape[0]
+    part = np.ascontiguousarray(low[:n, y0 : y0 + c, y0 : y0 + c])
+    truth = truth_full[: (n - 1) * r + 1, y0 : y0 + c, y0 : y0 + c]
     lin = upsample_array(part, r, get_method("linear"))
     rows = [{"method": "linear", "steps": "", "samples": "", **scores(truth, lin, r), "seconds": 0.0}]
     for samples in map(int, args.samples.split(",")):

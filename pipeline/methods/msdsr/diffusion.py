@@ -88,20 +88,35 @@ def interpolate_rows(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(none, torch.zeros_like(a), a + w * (b - a))
 
 
-def net_input(net: torch.nn.Module, x_t: Tensor, mask: Tensor) -> Tensor:
-    """What the network sees: x_t, the mask, and (for a ``linear`` network) the kept rows interpolated."""
+def _flag(net: torch.nn.Module, name: str) -> bool:
+    return bool(getattr(getattr(net, "config", None), name, False))
+
+
+def diffused(net: torch.nn.Module, x0: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(the image the diffusion runs on, the linear conditioning or None): x0 itself, or -- for a ``residual``
+    network -- x0 minus the linear interpolation of its kept rows (0 on the kept rows), so that an untrained
+    network (output 0) gives linear interpolation."""
+    if not _flag(net, "linear"):
+        return x0, None
+    lin = interpolate_rows(x0, mask.to(x0.dtype).expand(x0.shape[0], 1, x0.shape[2], 1))
+    return (x0 - lin if _flag(net, "residual") else x0), lin
+
+
+def net_input(net: torch.nn.Module, x_t: Tensor, mask: Tensor, lin: Tensor | None = None) -> Tensor:
+    """What the network sees: x_t, the mask, and (for a ``linear`` network) the kept rows interpolated (``lin``,
+    computed from x_t's clean rows when not given)."""
     m = mask.to(x_t.dtype).expand(x_t.shape[0], 1, x_t.shape[2], 1)
     parts = [x_t, m.expand_as(x_t)]
-    config = getattr(net, "config", None)
-    if getattr(config, "linear", False):
-        parts.append(interpolate_rows(x_t, m))
+    if _flag(net, "linear"):
+        parts.append(interpolate_rows(x_t, m) if lin is None else lin)
     return torch.cat(parts, dim=1)
 
 
-def predict(net: torch.nn.Module, x_t: Tensor, t: Tensor, mask: Tensor, parameterization: str = "eps"
-            ) -> tuple[Tensor, Tensor]:
-    """(x0 estimate, eps estimate) from the network's output at x_t (kept rows already clean)."""
-    out = net(net_input(net, x_t, mask).contiguous(memory_format=torch.channels_last), t).to(x_t.dtype)
+def predict(net: torch.nn.Module, x_t: Tensor, t: Tensor, mask: Tensor, parameterization: str = "eps",
+            lin: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(x0 estimate, eps estimate) of the diffused image from the network's output at x_t (kept rows clean)."""
+    x = net_input(net, x_t, mask, lin).contiguous(memory_format=torch.channels_last)
+    out = net(x, t).to(x_t.dtype)
     ab = _bcast(alpha_bar(t)).to(x_t.dtype)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     if parameterization == "eps":
@@ -114,14 +129,19 @@ def predict(net: torch.nn.Module, x_t: Tensor, t: Tensor, mask: Tensor, paramete
 
 
 def denoise(net: torch.nn.Module, x_t: Tensor, t: Tensor | int, mask: Tensor | None = None,
-            parameterization: str = "eps") -> Tensor:
+            parameterization: str = "eps", lin: Tensor | None = None) -> Tensor:
     """The network's estimate of the clean image from x_t at step t, clipped to [-1, 1], kept rows exact
-    (``mask`` None: no row is kept, an unconditional denoiser)."""
+    (``mask`` None: no row is kept, an unconditional denoiser).  For a ``residual`` network x_t is the noisy
+    residual and ``lin`` the linear conditioning; the estimate is of the image (lin + residual)."""
     if mask is None:
         mask = torch.zeros(x_t.shape[0], 1, x_t.shape[2], 1, dtype=x_t.dtype, device=x_t.device)
     if isinstance(t, int):
         t = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    x0, _ = predict(net, x_t, t, mask, parameterization)
+    x0, _ = predict(net, x_t, t, mask, parameterization, lin)
+    if _flag(net, "residual"):
+        if lin is None:
+            raise ValueError("a residual network needs its linear conditioning (lin)")
+        return (lin + with_rows(x0, torch.zeros_like(x0), mask)).clamp(-1, 1)
     return with_rows(x0.clamp(-1, 1), x_t, mask)
 
 
@@ -169,16 +189,19 @@ def ddim(net: torch.nn.Module, x0_rows: Tensor, mask: Tensor, steps: int, noise:
 
     x_T is ``noise(0, shape)``; step k (from t to the next smaller t') draws ``noise(k + 1, shape)`` when eta > 0.
     x0 estimates are clipped to [-1, 1]; the clean rows are written into x_t at every step and into the result.
+    A ``residual`` network diffuses x0 minus the linear interpolation of the kept rows (:func:`diffused`).
     """
     shape = tuple(x0_rows.shape)
     mask = mask.to(x0_rows.device, x0_rows.dtype).expand(shape[0], 1, shape[2], 1)
-    x = with_rows(noise(0, shape).to(x0_rows.device, x0_rows.dtype), x0_rows, mask)
+    rows, lin = diffused(net, x0_rows, mask)  # residual: the diffused image's kept rows are 0
+    base = lin if _flag(net, "residual") else torch.zeros_like(x0_rows)
+    x = with_rows(noise(0, shape).to(x0_rows.device, x0_rows.dtype), rows, mask)
     ts = ddim_timesteps(steps)
     x0 = x
     for k, t in enumerate(ts):
         tt = torch.full((shape[0],), t, dtype=torch.long, device=x.device)
-        x0, eps = predict(net, x, tt, mask, parameterization)
-        x0 = x0.clamp(-1, 1)
+        x0, eps = predict(net, x, tt, mask, parameterization, lin)
+        x0 = (base + x0).clamp(-1, 1) - base  # the image estimate stays in [-1, 1]
         if k == len(ts) - 1:
             break
         ab, ab_prev = float(_ALPHA_BAR[t]), float(_ALPHA_BAR[ts[k + 1]])
@@ -187,5 +210,5 @@ def ddim(net: torch.nn.Module, x0_rows: Tensor, mask: Tensor, steps: int, noise:
         x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
             x = x + sigma * noise(k + 1, shape).to(x.device, x.dtype)
-        x = with_rows(x, x0_rows, mask)
-    return with_rows(x0, x0_rows, mask)
+        x = with_rows(x, rows, mask)
+    return with_rows(base + x0, x0_rows, mask)

@@ -29,14 +29,17 @@ class DenoiserConfig:
     blocks: int = 1  # residual blocks per level
     seed: int = 0  # weight initialisation
     linear: bool = False  # a third input channel: the kept rows linearly interpolated (beyond the paper)
+    residual: bool = False  # diffuse x0 minus that interpolation (needs linear; beyond the paper)
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.linear, bool):
-            raise ValueError(f"linear must be true or false, got {self.linear!r}")
+        if not isinstance(self.linear, bool) or not isinstance(self.residual, bool):
+            raise ValueError(f"linear and residual must be true or false, got {self.linear!r}, {self.residual!r}")
+        if self.residual and not self.linear:
+            raise ValueError("residual needs linear: true (the residual is taken from the linear interpolation)")
         if self.width % 4:
             raise ValueError(f"width must be a multiple of 4 (GroupNorm groups), got {self.width}")
 

@@ -101,10 +101,11 @@ def evaluate(net: torch.nn.Module, val: ValidationSet, cfg: MSDSRTrainConfig, fa
     losses = []
     for i in range(0, val.x0.shape[0], cfg.batch):
         s = slice(i, i + cfg.batch)
-        x_t = D.q_sample(val.x0[s], val.t[s], val.noise[s], mask[s])
+        y0, lin = D.diffused(net, val.x0[s], mask[s])
+        x_t = D.q_sample(y0, val.t[s], val.noise[s], mask[s])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            out = net(D.net_input(net, x_t, mask[s]), val.t[s]).float()
-        goal = D.target(val.x0[s], val.noise[s], val.t[s], cfg.parameterization)
+            out = net(D.net_input(net, x_t, mask[s], lin), val.t[s]).float()
+        goal = D.target(y0, val.noise[s], val.t[s], cfg.parameterization)
         losses.append(float(D.masked_l1(out, goal, mask[s])) * x_t.shape[0])
     result = {"loss": sum(losses) / val.x0.shape[0]}
     if cfg.val_steps:
@@ -236,10 +237,11 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: PatchSamp
     mask = D.train_masks(train.batch, x0.shape[-2], factor, rng, train.regular_fraction).to(x0.device)
     t = torch.from_numpy(rng.integers(0, D.T_STEPS, train.batch)).to(x0.device)
     noise = torch.randn(tuple(x0.shape)).to(x0.device)
-    x_t = D.q_sample(x0, t, noise, mask)
+    y0, lin = D.diffused(model, x0, mask)
+    x_t = D.q_sample(y0, t, noise, mask)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        out = model(D.net_input(model, x_t, mask), t)
-    loss = D.masked_l1(out.float(), D.target(x0, noise, t, train.parameterization), mask)
+        out = model(D.net_input(model, x_t, mask, lin), t)
+    loss = D.masked_l1(out.float(), D.target(y0, noise, t, train.parameterization), mask)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if train.grad_clip:

@@ -151,3 +151,19 @@ def test_ddim_with_an_oracle_network_returns_the_truth(param):
         # with few steps)
         tol = 1e-2 if (param, steps) == ("eps", 1) else 1e-3
         assert torch.allclose(out, x0, atol=tol), (param, steps, float((out - x0).abs().max()))
+
+
+def test_an_untrained_residual_network_gives_linear_interpolation():
+    """residual: the diffusion runs on x0 minus the linear interpolation; a zero output (the zero-initialised
+    network) therefore lands on linear interpolation at one step, whatever the noise."""
+    from isovol.pipeline.methods.lateral_regression.degrade import base_rows
+
+    net = build_denoiser({"width": 8, "depth": 2, "blocks": 1, "linear": True, "residual": True})
+    x0 = images(2, 16)[..., :16, :]
+    mask = D.regular_mask(16, 0, R)
+    out = D.ddim(net, x0, mask, 1, per_sample_noise([1, 2]), parameterization="v")
+    lin = base_rows(x0[..., :9:R, :], R, "linear")
+    assert torch.allclose(out[..., :9, :], lin, atol=1e-3)  # v = 0: x0 = sqrt(alpha-bar_T) x_T ~ 1e-4 noise
+    assert torch.equal(out[..., [0, 8], :], x0[..., [0, 8], :])
+    with pytest.raises(ValueError, match="residual needs linear"):
+        build_denoiser({"width": 8, "depth": 2, "residual": True})
