@@ -62,8 +62,8 @@ def main() -> int:
     ap.add_argument("--factor", type=int, default=8)
     ap.add_argument("--recipe", default="gpu-default")
     ap.add_argument("--train-minutes", type=float, default=5.0, help="training budget (overrides max_minutes)")
-    ap.add_argument("--steps", default="1,20", help="DDIM step counts to score")
-    ap.add_argument("--samples", default="1", help="samples averaged per tile, a list")
+    ap.add_argument("--steps", default="5", help="DDIM step counts to score, a list")
+    ap.add_argument("--samples", default="1,4", help="samples averaged per tile, a list")
     ap.add_argument("--eta", type=float, default=0.0)
     ap.add_argument("--smoke", action="store_true", help="cpu-tiny on a small crop, on the CPU")
     args = ap.parse_args()
@@ -71,7 +71,7 @@ def main() -> int:
     vol = load(args.data)
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     if args.smoke:
-        vol, args.recipe, args.steps = vol[:65, 93:157, 93:157], "cpu-tiny", "1,2"
+        vol, args.recipe, args.steps, args.samples = vol[:65, 93:157, 93:157], "cpu-tiny", "1,2", "1"
         torch.set_num_threads(1)
     low = np.ascontiguousarray(vol[::r])
     truth = vol[: (low.shape[0] - 1) * r + 1]
