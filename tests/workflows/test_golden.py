@@ -38,17 +38,37 @@ def tensors_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def torch_golden_skip_reason() -> str | None:
-    """Why the torch-based golden hashes cannot be compared here (None when they can): torch's CPU kernels give
-    different float results on another instruction set or another torch version."""
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``): with the same torch and instruction set, oneDNN
+    still picks other kernels on another vendor's CPU, and trained weights differ in their last bits."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def torch_golden(name: str) -> tuple[dict | None, str]:
+    """The torch-based golden record ``name`` for this machine, or None with why it cannot be compared here:
+    torch's CPU kernels give other float results with another torch version, instruction set or CPU vendor."""
     import torch
 
     here = (torch.__version__, torch.backends.cpu.get_cpu_capability())
     recorded = (GOLDEN["torch"], GOLDEN["cpu_capability"])
-    if here == recorded:
-        return None
-    return (f"torch golden outputs were recorded with torch {recorded[0]} on CPU capability {recorded[1]}; this "
-            f"machine has torch {here[0]} on {here[1]}, where CPU float results may differ")
+    if here != recorded:
+        return None, (f"torch golden outputs were recorded with torch {recorded[0]} on CPU capability "
+                      f"{recorded[1]}; this machine has torch {here[0]} on {here[1]}, where CPU float results "
+                      "may differ")
+    by_vendor = {GOLDEN["cpu_vendor"]: GOLDEN[name], **GOLDEN.get(f"{name}_by_cpu_vendor", {})}
+    vendor = cpu_vendor()
+    if vendor not in by_vendor:
+        return None, f"no torch golden outputs recorded on a {vendor} CPU (recorded: {', '.join(sorted(by_vendor))})"
+    return by_vendor[vendor], ""
 
 
 def test_blockwise_cubic_matches_the_golden_output(tmp_path, crop):
