@@ -39,18 +39,25 @@ def tensors_sha256(path: str | os.PathLike) -> str:
 
 
 def cpu_vendor() -> str:
-    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``): with the same torch and instruction set, oneDNN
-    still picks other kernels on another vendor's CPU, and trained weights differ in their last bits."""
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``), with ``+amx`` where the CPU has AMX tiles: with
+    the same torch and instruction set, oneDNN still picks other kernels on another vendor's or generation's
+    CPU, and trained weights differ in their last bits."""
+    vendor, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
     except OSError:
         pass
-    import platform
+    if not vendor:
+        import platform
 
-    return platform.processor() or "unknown"
+        vendor = platform.processor() or "unknown"
+    return vendor + ("+amx" if "amx_tile" in flags else "")
 
 
 def torch_golden(name: str) -> tuple[dict | None, str]:
