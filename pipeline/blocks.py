@@ -9,6 +9,7 @@ is recorded with the run.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -57,6 +58,24 @@ def parse_shape(text: str | None, name: str) -> Shape3 | None:
     return parts  # type: ignore[return-value]
 
 
+def align_block_shape(block: Shape3, multiple: int | Shape3, shard: Shape3 | None,
+                      out_shape: Shape3) -> tuple[Shape3, str | None]:
+    """``block`` rounded up, per axis, to a whole multiple of ``multiple`` (a method's tile grid: blocks off it
+    would give other voxels than the whole volume in one call) and of ``shard`` when given; an axis the block
+    already spans whole is left alone.  Returns the shape and a one-line note when it changed."""
+    mult = (multiple,) * 3 if isinstance(multiple, int) else tuple(multiple)
+    if max(mult) <= 1:  # any layout gives the same result: the user's shapes stand (and are checked as given)
+        return block, None
+    step = tuple(math.lcm(m, s) for m, s in zip(mult, shard or (1, 1, 1)))
+    aligned = tuple(b if b >= n else -(-b // k) * k for b, k, n in zip(block, step, out_shape))
+    if all(min(a, n) == min(b, n) for a, b, n in zip(aligned, block, out_shape)):
+        return block, None
+    grid = mult[0] if len(set(mult)) == 1 else ",".join(map(str, mult))
+    note = (f"block shape {','.join(map(str, block))} rounded up to {','.join(map(str, aligned))}: the method "
+            f"works on a tile grid of {grid} voxels, and only blocks on that grid give the whole volume's result")
+    return aligned, note  # type: ignore[return-value]
+
+
 @dataclass
 class BlockPlan:
     """The grid of blocks for upsampling ``in_shape`` by ``factor`` with a method of halo ``halo``."""
@@ -71,6 +90,8 @@ class BlockPlan:
     working_bytes_per_voxel: int = 8
     out_shape: Shape3 = field(init=False)
     padding: str = PADDING
+    #: what the planner changed in the user's request and why (one line each), for a warning
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.out_shape = output_shape(self.in_shape, self.factor)
@@ -78,16 +99,19 @@ class BlockPlan:
     @classmethod
     def build(cls, in_shape: Shape3, factor: int, halo: Halo, *, block_shape: Shape3 | None = None,
               shard_shape: Shape3 | None = None, chunk_shape: Shape3 | None = None, itemsize: int = 1,
-              working_bytes_per_voxel: int = 8) -> BlockPlan:
-        """Choose consistent shapes: chunk divides shard, block is a whole multiple of shard, all clipped
-        to the output so small volumes get one block rather than mostly-empty ones."""
+              working_bytes_per_voxel: int = 8, block_multiple: int | Shape3 = 1) -> BlockPlan:
+        """Choose consistent shapes: chunk divides shard, block is a whole multiple of shard and of the method's
+        ``block_multiple`` (rounded up, with a note), all clipped to the output so small volumes get one block
+        rather than mostly-empty ones."""
         out = output_shape(in_shape, factor)
         chunk = chunk_shape or (64, 64, 64)
-        shard = shard_shape or (block_shape or (256, 256, 256))
-        block = block_shape or shard
-        for name, shp in (("--block-shape", block), ("--shard-shape", shard), ("--chunk-shape", chunk)):
+        block = block_shape or shard_shape or (256, 256, 256)
+        for name, shp in (("--block-shape", block), ("--shard-shape", shard_shape or block),
+                          ("--chunk-shape", chunk)):
             if len(shp) != 3 or min(shp) < 1:
                 raise InputError(f"{name} must be three positive integers, got {shp}")
+        block, note = align_block_shape(block, block_multiple, shard_shape, out)
+        shard = shard_shape or block
         if any(b % s for b, s in zip(block, shard)):
             raise InputError(f"block shape {block} must be a whole multiple of the shard shape {shard}")
         if any(s % c for s, c in zip(shard, chunk)) and chunk_shape is not None:
@@ -96,7 +120,7 @@ class BlockPlan:
         block = tuple(min(b, n) for b, n in zip(block, out))  # a clipped block spans its whole axis
         chunk = tuple(c if (c <= s and s % c == 0) else s for c, s in zip(chunk, shard))
         return cls(tuple(in_shape), factor, halo, block, shard, chunk, itemsize,  # type: ignore[arg-type]
-                   working_bytes_per_voxel)
+                   working_bytes_per_voxel, notes=[note] if note else [])
 
     @property
     def grid(self) -> Shape3:

@@ -107,7 +107,8 @@ def prepare(req: UpsampleRequest) -> tuple[Volume, Method, BlockPlan]:
         shard_shape = method.preferred_shard_shape(block_shape)
     plan = BlockPlan.build(vol.shape, factor, method.halo, block_shape=block_shape,
                            shard_shape=shard_shape, chunk_shape=req.chunk_shape,
-                           itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel)
+                           itemsize=vol.dtype.itemsize, working_bytes_per_voxel=method.working_bytes_per_voxel,
+                           block_multiple=method.block_multiple)
     level_shapes(plan.out_shape, plan.chunk_shape, req.levels)  # too many levels: refused before any block runs
     return vol, method, plan
 

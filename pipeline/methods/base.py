@@ -37,6 +37,9 @@ class Method(ABC):
     z_split_exact: bool = False
     #: Hash of the model weights, or None for methods without a model.
     model_hash: str | None = None
+    #: The tile grid (output voxels, one number or Z,Y,X) that blocks must be whole multiples of for the result not
+    #: to depend on the block layout; the planner rounds block shapes up to it (1: any block shape).
+    block_multiple: int | tuple[int, int, int] = 1
     #: Bytes of working memory per output voxel, on top of input and output buffers (for planning).
     working_bytes_per_voxel: int = 8
 

@@ -44,6 +44,7 @@ BUILTIN = (
     "isovol.pipeline.methods.d2r_prior",
     "isovol.pipeline.methods.d2r",
     "isovol.pipeline.methods.lateral_regression",
+    "isovol.pipeline.methods.inr",
 )
 
 
