@@ -5,8 +5,8 @@ The field (``field.py``) starts as the classical interpolation.  Each step draws
 - ``points`` measured voxels: the consistency loss is the mean squared difference between the field re-degraded
   (``pick``: its value on the measured slice; ``average``: the weighted mean of the ``r`` rows of the slice's
   section, ``lateral_regression.degrade.average_weights``) and the measurement;
-- ``planes`` rendered XZ / YZ planes (a random axis and index each, a random window of the prior's alignment): the
-  SDS term.  A step t is drawn uniformly from ``t_range`` (fractions of the schedule), the plane x is noised to
+- ``planes`` rendered XZ / YZ planes (a random axis and index each, a random window of ``patch`` pixels or the
+  largest that fits, in multiples of the prior's alignment): the SDS term.  A step t is drawn uniformly from ``t_range`` (fractions of the schedule), the plane x is noised to
   x_t = sqrt(a) x + sqrt(1-a) eps, the prior estimates eps, and the gradient ``w(t) (eps_hat - eps)`` is pushed
   through the rendered plane (the prior's Jacobian skipped, as in DreamFusion).  ``weighting``: ``sigma2``
   w = 1 - a (DreamFusion's), ``uniform`` w = 1, ``x0`` w = sqrt((1-a)/a), i.e. exactly (rendered - denoised).
@@ -42,6 +42,7 @@ class FitConfig:
     t_range: tuple[float, float] = (0.02, 0.5)  # SDS noise levels, fractions of the prior's schedule
     weighting: str = "sigma2"
     planes: int = 4  # rendered planes per step
+    patch: int = 0  # SDS on random patch x patch windows of the planes (0: the largest window that fits)
     points: int = 8192  # measured voxels per step
     degradation: str = "pick"
     base: str = "linear"
@@ -52,11 +53,10 @@ class FitConfig:
         lo, hi = self.t_range
         if len(self.t_range) != 2 or not 0 <= lo <= hi <= 1:
             raise ValueError(f"t_range must be two fractions 0 <= lo <= hi <= 1, got {list(self.t_range)}")
-        for name in ("steps", "planes", "points"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} integer, "
-                                 f"got {value!r}")
+        for name in ("steps", "planes", "points", "patch"):
+            value, least = getattr(self, name), 1 if name in ("planes", "points") else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         for name in ("lr", "lr_mlp", "sds_weight", "consistency_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -138,22 +138,26 @@ class Fitter:
         return ((model - p.measured.to(self.device)[m, y, x]) ** 2).mean()
 
     def render_planes(self, align: int) -> Tensor:
-        """``planes`` random XZ / YZ windows (B, 1, H, W), H and W the largest multiples of ``align`` that fit."""
+        """``planes`` random XZ / YZ windows (B, 1, H, W): ``patch`` pixels square, else the largest that fit, rounded
+        down to multiples of ``align``."""
         nz, ny, nx = self.shape
         h, w = nz // align * align, min(ny, nx) // align * align
+        if self.cfg.patch:
+            h, w = min(h, self.cfg.patch // align * align), min(w, self.cfg.patch // align * align)
         if h < align or w < align:
             raise ValueError(f"a fit region of {self.shape} is smaller than the prior's tile alignment {align}")
-        out = []
+        coords, bases = [], []
         for _ in range(self.cfg.planes):
             axis = "xz" if int(self._randint(2, 1)) == 0 else "yz"
             index = int(self._randint(ny if axis == "xz" else nx, 1))
             cols = nx if axis == "xz" else ny
             z0, c0 = int(self._randint(nz - h + 1, 1)), int(self._randint(cols - w + 1, 1))
-            coords = plane_coords(self.shape, axis, index, self.device).view(nz, cols, 3)[z0 : z0 + h, c0 : c0 + w]
-            base = self.p.base[z0 : z0 + h, index, c0 : c0 + w] if axis == "xz" else \
-                self.p.base[z0 : z0 + h, c0 : c0 + w, index]
-            out.append(base + self.field(coords.reshape(-1, 3)).view(h, w))
-        return torch.stack(out)[:, None]
+            coords.append(plane_coords(self.shape, axis, index, self.device).view(nz, cols, 3)[z0 : z0 + h,
+                                                                                              c0 : c0 + w])
+            bases.append(self.p.base[z0 : z0 + h, index, c0 : c0 + w] if axis == "xz" else
+                         self.p.base[z0 : z0 + h, c0 : c0 + w, index])
+        residual = self.field(torch.stack(coords).reshape(-1, 3)).view(len(coords), h, w)
+        return (torch.stack(bases) + residual)[:, None]
 
     def sds(self) -> Tensor:
         prior, cfg = self.prior, self.cfg
