@@ -6,10 +6,11 @@ The field (``field.py``) starts as the classical interpolation.  Each step draws
   (``pick``: its value on the measured slice; ``average``: the weighted mean of the ``r`` rows of the slice's
   section, ``lateral_regression.degrade.average_weights``) and the measurement;
 - ``planes`` rendered XZ / YZ planes (a random axis and index each, a random window of ``patch`` pixels or the
-  largest that fits, in multiples of the prior's alignment): the SDS term.  A step t is drawn uniformly from ``t_range`` (fractions of the schedule), the plane x is noised to
-  x_t = sqrt(a) x + sqrt(1-a) eps, the prior estimates eps, and the gradient ``w(t) (eps_hat - eps)`` is pushed
-  through the rendered plane (the prior's Jacobian skipped, as in DreamFusion).  ``weighting``: ``sigma2``
-  w = 1 - a (DreamFusion's), ``uniform`` w = 1, ``x0`` w = sqrt((1-a)/a), i.e. exactly (rendered - denoised).
+  largest that fits, in multiples of the prior's alignment): the SDS term.  A step t is drawn uniformly from
+  ``t_range`` (fractions of the schedule), the plane x is noised to x_t = sqrt(a) x + sqrt(1-a) eps, the prior
+  estimates eps, and the gradient ``w(t) (eps_hat - eps)`` is pushed through the rendered plane (the prior's
+  Jacobian skipped, as in DreamFusion).  ``weighting``: ``sigma2`` w = 1 - a (DreamFusion's), ``uniform``
+  w = 1, ``x0`` w = sqrt((1-a)/a), i.e. exactly (rendered - denoised).
 
 Everything is in the prior's units ([-1, 1]); the residual goes back to data units only at the end, added to the
 base in data units, so an untouched field returns the classical interpolation exactly.
