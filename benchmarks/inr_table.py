@@ -64,8 +64,12 @@ def print_rows(rows: list[dict], title: str) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['psnr_XY']:.2f} | {r['psnr_XZ']:.2f} | {r['psnr_YZ']:.2f} | {r['ssim_XY']:.3f} | "
-              f"{r['ssim_XZ']:.3f} | {r['ssim_YZ']:.3f} | {r['fsc']:.1f} | {r['seam']:.2f} | {r['seconds']:.1f} | "
+              f"{r['ssim_XZ']:.3f} | {r['ssim_YZ']:.3f} | {r['fsc']:.1f} | {_seam(r['seam'])} | {r['seconds']:.1f} | "
               f"{r['seconds'] / r['mvox']:.1f} |", flush=True)
+
+
+def _seam(ratio: float) -> str:
+    return f"{ratio:.2f}" if ratio > 0 else "-"  # 0: the crop holds one fit block, there is no border
 
 
 def timed(stack: np.ndarray, method: Any) -> tuple[np.ndarray, float]:
@@ -118,6 +122,14 @@ def run(args: argparse.Namespace) -> None:
         print_rows(budgets[-1:], f"budget {steps}")
     if budgets:
         print_rows(sorted(budgets, key=lambda r: r["steps"]), "budgets")
+    if args.seam_steps:  # fit blocks of half the size, so the crop has borders to measure
+        half = tuple(max(1, b // 2) for b in block)
+        out, sec = timed(stack, make(steps=args.seam_steps, block=list(half)))
+        seams = [row(f"INR + SDS, fit block {half}, {args.seam_steps} steps", truth, out, sec, half)]
+        for kind in ("linear",):
+            lin, _ = timed(stack, Interpolation(kind))
+            seams.append(row(f"{kind} (borders of the same grid)", truth, lin, 0.0, half))
+        print_rows(seams, "seams")
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -135,13 +147,15 @@ def main() -> None:
     p.add_argument("--crop", default="121,128,128", help="Z,Y,X of the centred crop (Z = m * 8 + 1)")
     p.add_argument("--budgets", default="50,200,1000", help="fit steps to time, comma-separated ('' for none)")
     p.add_argument("--option", action="append", default=[], help="KEY=VALUE fit option over the recipe")
+    p.add_argument("--seam-steps", type=int, default=0, help="also fit half-size blocks for this many steps and "
+                   "print their seam figure (0: no)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="a tiny crop, the Gaussian prior, cpu-tiny: seconds")
     args = p.parse_args()
     args.option = dict(parse_option(o) for o in args.option)
     if args.smoke:
-        args.crop, args.recipe, args.budgets = "17,32,32", "cpu-tiny", "3"
+        args.crop, args.recipe, args.budgets, args.seam_steps = "17,32,32", "cpu-tiny", "3", 2
     elif not args.prior:
         p.error("--prior is required (or --smoke)")
     args.crop = tuple(int(v) for v in args.crop.split(","))
