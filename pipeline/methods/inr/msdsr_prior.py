@@ -61,11 +61,25 @@ class MSDSRPrior:
         return eps.float()
 
 
-def parse_prior(spec: dict[str, Any], where: str) -> Any:
-    """The ``prior`` section of an INR recipe as an MSDSR recipe (its ``model`` and ``train``)."""
-    _msdsr()
-    from ..msdsr.recipe import parse
+class UncheckedPrior:
+    """A ``prior`` section kept as written where this isovol has no msdsr (training then says so in one line)."""
 
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = copy.deepcopy(spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.spec)
+
+
+def parse_prior(spec: dict[str, Any], where: str) -> Any:
+    """The ``prior`` section of an INR recipe as an MSDSR recipe (its ``model`` and ``train``), checked by MSDSR's
+    own parser; where msdsr is absent, its keys only."""
+    from ..recipes import check_keys
+
+    try:
+        from ..msdsr.recipe import parse
+    except ImportError:
+        return UncheckedPrior(check_keys(spec, ("model", "train", "sampling"), where))
     return parse(spec, where)
 
 
