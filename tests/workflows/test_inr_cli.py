@@ -33,6 +33,7 @@ def prior_dir(tmp_path_factory, volume) -> str:
     return path
 
 
+@pytest.mark.slow  # three CLI runs with their clusters: about a minute
 def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path, volume, source, prior_dir, cli, isovol_exe,
                                                          monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the killed run's torch threads: those of the other runs
