@@ -5,10 +5,11 @@ and seconds; then INR + SDS at fit budgets of 50 / 200 / 1000 steps (seconds per
     python benchmarks/inr_table.py --prior MODEL_DIR [--recipe cpu-demo] [--crop 121,128,128] [--budgets 50,200]
     python benchmarks/inr_table.py --smoke        # seconds: a tiny crop and the closed-form Gaussian prior
 
-MODEL_DIR holds the prior: an MSDSR model (``isovol train INPUT MODEL_DIR --method inr``; trained on every 8th XY
-slice of the whole training_sample2, i.e. on the input only).  ``--msdsr-from PKG_DIR`` loads the msdsr package
-from a directory where this isovol has none.  The input is every 8th slice of the crop; the whole volume is one
-in-memory call (``upsample_array``), whose voxels are those of any blockwise run on the fit grid.
+MODEL_DIR holds the prior: an MSDSR model (``isovol train INPUT MODEL_DIR --method inr``, or ``--train-prior``: the
+recipe's prior trained on every 8th XY slice of the whole training_sample2, i.e. on the input only).
+``--msdsr-from PKG_DIR`` loads the msdsr package from a directory where this isovol has none.  The input is every
+8th slice of the crop; the whole volume is one in-memory call (``upsample_array``), whose voxels are those of any
+blockwise run on the fit grid.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def run(args: argparse.Namespace) -> None:
         save_gaussian(model, float(stack.mean()) / 127.5 - 1, float(stack.std()) / 127.5)
     else:
         model = args.prior
+        if args.train_prior and not os.path.exists(os.path.join(model, "config.json")):
+            train_prior(model, args.recipe, volume)
     make = lambda **o: INR(model, device=args.device, **{**options, **o})  # noqa: E731
     block = make().block
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, {os.cpu_count()} cores, "
@@ -139,6 +142,19 @@ def run(args: argparse.Namespace) -> None:
         print_rows(seams, "seams")
 
 
+def train_prior(model: str, recipe: str, volume: np.ndarray) -> None:
+    """``isovol train --method inr --recipe RECIPE`` on every 8th slice of the whole volume (the input only)."""
+    from isovol.workflows.train import run_train
+
+    os.makedirs(os.path.dirname(os.path.abspath(model)), exist_ok=True)
+    source = os.path.abspath(model) + ".input.npy"
+    np.save(source, np.ascontiguousarray(volume[::FACTOR]))
+    t0 = time.perf_counter()
+    info = run_train(source, model, FACTOR, method="inr", recipe=recipe, processes=False, workers=1,
+                     voxel_size=(80.0, 10.0, 10.0))
+    print(f"# prior trained in {time.perf_counter() - t0:.0f} s: {info.get('line', '')}", flush=True)
+
+
 def parse_option(text: str) -> tuple[str, Any]:
     import yaml
 
@@ -149,6 +165,7 @@ def parse_option(text: str) -> tuple[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prior", help="the prior's model directory (an MSDSR model)")
+    p.add_argument("--train-prior", action="store_true", help="train the prior into --prior first if it is not there")
     p.add_argument("--msdsr-from", help="a directory holding the msdsr package, where isovol has none")
     p.add_argument("--recipe", default="cpu-demo")
     p.add_argument("--crop", default="121,128,128", help="Z,Y,X of the centred crop (Z = m * 8 + 1)")
