@@ -81,6 +81,8 @@ class INR(CheckpointMethod):
         if prior is None:
             self.KIND = _kind_of(str(model_dir))
             self._open(str(model_dir))
+            if self.KIND == msdsr_prior.KIND:
+                msdsr_prior.check_plain(dict(self.spec.get("model") or {}), str(model_dir))
             self._build(meta=True)
         else:
             self.model_dir, self.spec, self.model_hash, self._model = None, {}, "prior:" + type(prior).__name__, None

@@ -80,7 +80,18 @@ def parse_prior(spec: dict[str, Any], where: str) -> Any:
         from ..msdsr.recipe import parse
     except ImportError:
         return UncheckedPrior(check_keys(spec, ("model", "train", "sampling"), where))
-    return parse(spec, where)
+    prior = parse(spec, where)
+    check_plain(prior.model.to_dict(), where)
+    return prior
+
+
+def check_plain(model: dict[str, Any], where: str) -> None:
+    """The prior must model plain images: an MSDSR denoiser conditioned on the linear interpolation of kept rows
+    (``linear`` / ``residual``) has no such rows to lean on when every row is generated."""
+    bad = [k for k in ("linear", "residual") if model.get(k)]
+    if bad:
+        raise InputError(f"{where}: the INR prior must be an unconditioned MSDSR denoiser; {' and '.join(bad)} "
+                         f"must be false")
 
 
 @contextlib.contextmanager
