@@ -121,3 +121,33 @@ def fsc_resolution(freq: np.ndarray, curve: np.ndarray, threshold: float = 0.5) 
     f0, f1, c0, c1 = freq[i - 1], freq[i], curve[i - 1], curve[i]
     f = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 != c1 else f1
     return float(1.0 / f)
+
+
+def seam_figure(volume: np.ndarray, block: tuple[int, int, int], factor: int = 1) -> dict[str, object]:
+    """How visible the borders of independently computed blocks are: per axis, the mean absolute jump between
+    the two voxels either side of each block border (positions b = k * block, 0 < b < n), over the mean absolute
+    difference between neighbours inside blocks.  Along Z the interior pairs are those at the borders' phase
+    modulo ``factor`` (rows between measured slices differ by phase); along Y and X every interior pair counts.
+    Returns {"z"|"y"|"x": {"border", "interior", "ratio"} (axes with a border and interior pairs to compare it
+    with), "ratio": the largest (0 when no axis qualifies)}."""
+    v = volume.astype(np.float32)
+    out: dict[str, object] = {}
+    worst = 0.0
+    for axis, name in enumerate("zyx"):
+        n, b = v.shape[axis], block[axis]
+        borders = list(range(b, n, b))
+        if not borders:
+            continue
+        diff = np.abs(np.diff(v, axis=axis))  # diff[i] = |v[i + 1] - v[i]|
+        period = factor if axis == 0 else 1
+        phase = (borders[0] - 1) % period
+        inner = [i for i in range(n - 1) if (i + 1) % b and i % period == phase]
+        if not inner:  # every pair of the borders' phase is a border (blocks of r slices): nothing to compare
+            continue
+        border = float(np.take(diff, [p - 1 for p in borders], axis=axis).mean())
+        interior = float(np.take(diff, inner, axis=axis).mean())
+        ratio = border / interior if interior > 0 else float("inf")
+        out[name] = {"border": border, "interior": interior, "ratio": ratio}
+        worst = max(worst, ratio)
+    out["ratio"] = worst
+    return out

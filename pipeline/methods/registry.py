@@ -45,6 +45,7 @@ BUILTIN = (
     "isovol.pipeline.methods.d2r",
     "isovol.pipeline.methods.lateral_regression",
     "isovol.pipeline.methods.msdsr",
+    "isovol.pipeline.methods.inr",
 )
 
 

@@ -35,7 +35,7 @@ def spec(tmp_path):
 def test_every_trainable_method_has_the_three_presets_and_they_resolve():
     trainable = {e.name: e for e in registry.entries().values() if e.training is not None}
     assert set(trainable) == {"dgean", "sup-dgean", "naive-lateral", "d2r-prior", "d2r", "lateral-regression",
-                              "msdsr"}
+                              "msdsr", "inr"}
     # the three DGEAN entries differ only in what the network trains on: one book
     assert all(trainable[n].training.book is dgean.BOOK for n in ("dgean", "sup-dgean", "naive-lateral"))
     for name, book in BOOKS.items():

@@ -18,7 +18,8 @@ from isovol.pipeline.methods import Kind, registry
 ROOT = Path(__file__).resolve().parents[3]
 BUILT_IN = {"nearest": Kind.CLASSICAL, "linear": Kind.CLASSICAL, "cubic": Kind.CLASSICAL, "dgean": Kind.LEARNED,
             "sup-dgean": Kind.LEARNED, "naive-lateral": Kind.LEARNED, "d2r-prior": Kind.LEARNED,
-            "d2r": Kind.LEARNED, "lateral-regression": Kind.LEARNED, "msdsr": Kind.LEARNED}
+            "d2r": Kind.LEARNED, "lateral-regression": Kind.LEARNED, "msdsr": Kind.LEARNED,
+            "inr": Kind.FITTED}
 
 
 def test_every_built_in_is_listed_with_its_kind():
