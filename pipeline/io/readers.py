@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputError
 from .damage import read_or_name_damage
 from .ome import level0, multiscales
-from .runrecord import META_DIR, RUN_RECORD, DamagedRecord, RunRecord, RunState
+from .runrecord import META_DIR, refuse_unfinished
 from .urls import describe_error, filesystem, is_local, local_path, remember_secrets, strip_url
 
 Box = tuple[slice, slice, slice]
@@ -449,29 +449,13 @@ def _dispatch(url: str, options: dict[str, Any]) -> Volume:
         return TiffVolume(url, options)
     if fs.isdir(path):
         names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
-        if META_DIR in names:
-            _check_finished(fs, path, strip_url(url))
+        refuse_unfinished(fs, path, strip_url(url), here=META_DIR in names)
         if names & {"zarr.json", ".zarray", ".zgroup"}:
             return ZarrVolume(url, options)
         if any(n.lower().endswith((".tif", ".tiff")) for n in names):
             return TiffFolderVolume(url, options)
         raise InputError(f"{strip_url(url)} is a folder but neither a zarr store nor a folder of TIFF slices")
     raise InputError(f"{strip_url(url)}: unsupported format (zarr, OME-Zarr, TIFF, HDF5 or .npy expected)")
-
-
-def _check_finished(fs: Any, path: str, shown: str) -> None:
-    """Refuse an isovol output that is not complete: its unfinished blocks read as zeros, which a trainer or a
-    second upsampling would take for data."""
-    try:
-        record = RunRecord.from_json(fs.cat_file(posixpath.join(path, META_DIR, RUN_RECORD)))
-        state = record.state.value if record.state is not None else "unknown"
-    except FileNotFoundError:
-        state = RunState.CREATING.value
-    except DamagedRecord:
-        state = "unknown (damaged run record)"
-    if state != RunState.COMPLETE.value:
-        raise InputError(f"{shown} is an unfinished isovol output (state {state}); finish it with the command "
-                         f"that made it and --resume (`isovol status` shows its progress)")
 
 
 def parse_voxel_size(text: str | None) -> Vec3 | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import secrets
 import socket
 import time
@@ -19,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
+
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +204,28 @@ class RunRecord:
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise DamagedRecord(f"not JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+def refuse_unfinished(fs: Any, path: str, shown: str, here: bool) -> None:
+    """Refuse an isovol output that is not complete, given as the output (``here``: ``path`` holds a
+    :data:`META_DIR`) or as one of its arrays (``A.ome.zarr/0``: the folder above holds one): its unfinished
+    blocks read as zeros, which a trainer or a second upsampling would take for data."""
+    parent = posixpath.dirname(path.rstrip("/"))
+    if here:
+        root = path
+    elif parent and parent != path and fs.exists(posixpath.join(parent, META_DIR, RUN_RECORD)):
+        root = parent
+    else:
+        return
+    try:
+        record = RunRecord.from_json(fs.cat_file(posixpath.join(root, META_DIR, RUN_RECORD)))
+        state = record.state.value if record.state is not None else "unknown"
+    except FileNotFoundError:
+        state = RunState.CREATING.value
+    except DamagedRecord:
+        state = "unknown (damaged run record)"
+    if state != RunState.COMPLETE.value:
+        raise InputError(f"{shown} is {'part of ' if root != path else ''}an unfinished isovol output (state "
+                         f"{state}); finish it with the command that made it and --resume (`isovol status` shows "
+                         "its progress)")
+

@@ -11,6 +11,7 @@ from clirun import read_output
 
 from isovol.pipeline.errors import InputError, OutputError, ResumeError, StaleRunError
 from isovol.pipeline.identity import digest
+from isovol.pipeline.io.readers import open_volume
 from isovol.pipeline.io.runrecord import RunState
 from isovol.pipeline.methods.interp import Interpolation
 from isovol.workflows import cli as cli_mod
@@ -264,6 +265,20 @@ def test_an_unfinished_output_is_refused_as_an_input(tmp_path, client, source, s
     keeper.write_record(keeper.read_record().with_state(RunState(state)))
     with pytest.raises(InputError, match=f"unfinished isovol output \\(state {state}\\); finish it"):
         upsample(request(str(out), tmp_path / "next.ome.zarr"), client=client)
+
+
+def test_an_array_of_an_unfinished_output_is_refused_as_an_input(tmp_path, client, source):
+    """``A.ome.zarr/0`` names level 0 of an output whose bookkeeping lies one folder up; once the output is
+    complete, the same array reads."""
+    out = tmp_path / "out.ome.zarr"
+    assert upsample(request(source, out), client=client).ok
+    keeper = Bookkeeper(str(out), {})
+    complete = keeper.read_record()
+    keeper.write_record(complete.with_state(RunState.RUNNING))
+    with pytest.raises(InputError, match=r"out.ome.zarr/0 is part of an unfinished isovol output \(state running\)"):
+        open_volume(str(out / "0"))
+    keeper.write_record(complete)
+    assert open_volume(str(out / "0")).shape == read_output(out).shape
 
 
 def test_a_damaged_run_record_is_refused_for_resume_and_cleared_by_overwrite(tmp_path, client, source, expected):
