@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 import yaml
 
 from ..pipeline.errors import InputError, yaml_problem
-from .local import cluster_client, quiet_dask_logs
+from .local import WORKER_MALLOC_ENV, cluster_client, quiet_dask_logs, worker_malloc_config
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ def local_gpu_cluster(cfg: dict[str, Any]) -> Any:
     for key in ("device_memory_limit", "rmm_pool_size", "local_directory"):
         if cfg[key] is not None:
             kwargs[key] = cfg[key]
-    return LocalCUDACluster(**kwargs)
+    with dask.config.set(worker_malloc_config()):  # the nannies spawn their workers now
+        return LocalCUDACluster(**kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ slurm/pbs
@@ -183,6 +185,7 @@ def jobqueue_cluster(kind: str, cfg: dict[str, Any]) -> Any:
         raise InputError(f"threads ({threads}) must be >= 1 and <= cpus ({cpus})")
     prologue = [f"export {v}={max(1, cpus // threads)}"
                 for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")]
+    prologue += [f"export {k}={v}" for k, v in WORKER_MALLOC_ENV.items()]  # see deploy/local.py
     prologue += list(cfg["job_script_prologue"])
     kwargs: dict[str, Any] = {
         "cores": threads,  # threads of the one worker process in each job
@@ -243,7 +246,8 @@ def kubernetes_spec(cfg: dict[str, Any], workers: int | None = None) -> dict[str
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 50:
         raise InputError(f"kubernetes cluster name {name!r} must be lower-case letters, digits and '-' "
                          "(a DNS label, at most 50 characters)")
-    env = [{"name": str(k), "value": str(v)} for k, v in (cfg["env"] or {}).items()]
+    user_env = {str(k): str(v) for k, v in (cfg["env"] or {}).items()}
+    env = [{"name": k, "value": v} for k, v in {**WORKER_MALLOC_ENV, **user_env}.items()]  # see deploy/local.py
     gpus = int(cfg["gpus_per_worker"])
     threads = int(cfg["threads"])
     requests = {"cpu": str(cfg["cpu"]), "memory": str(cfg["memory"])}

@@ -15,6 +15,19 @@ import dask
 #: mmap with page faults on first touch: measured 4x slower interpolation and 2x slower blocks end to end.
 #: isovol's blocks are bounded, so memory stays flat without it; the setting is removed for our workers.
 FAST_MALLOC = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+#: Where dask's setting cannot be removed -- workers started by ``dask worker`` in batch jobs and pods, or a
+#: client process whose environment an earlier plain dask cluster already set it in -- a fixed mmap threshold of
+#: 32 MiB (glibc's own upper bound for the adaptive one) keeps the block-sized temporaries on the heap: measured
+#: nearest end to end 86-94 -> 144-182 Mvox/s with dask's trim setting left in place (BENCHMARKS.md, issue 18).
+#: glibc reads it once, at process start, so it is set in the environment the worker process starts with.
+WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+
+
+def worker_malloc_config() -> dict[str, Any]:
+    """The dask config for worker processes a nanny spawns on this machine: dask's trim setting removed and the
+    mmap threshold fixed (pre-spawn environment: set before the worker process starts, as glibc needs)."""
+    return {FAST_MALLOC: None, **{f"distributed.nanny.pre-spawn-environ.{k}": v
+                                  for k, v in WORKER_MALLOC_ENV.items()}}
 
 
 def default_workers() -> int:
@@ -49,7 +62,7 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None, *, 
         # using every core run several times slower than N workers using one core each)
         share = max(1, (os.cpu_count() or 1) // n)
         extra["env"] = {v: str(share) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    with dask.config.set({FAST_MALLOC: None}):
+    with dask.config.set(worker_malloc_config()):
         cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
                                dashboard_address=":0", silence_logs=logging.ERROR, **extra)
     client = Client(cluster)

@@ -4,6 +4,7 @@ or a GPU: job scripts are rendered by dask-jobqueue without submitting anything,
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -127,6 +128,8 @@ def test_slurm_job_script_carries_the_directives():
     assert "--lifetime 13800s --lifetime-stagger 180s" in w  # 4 h - 10 min, +/- 3 min: before the walltime
     assert "--nthreads 1" in w and "--local-directory $TMPDIR" in w
     assert "module load cuda" in script and "export OMP_NUM_THREADS=6" in script
+    assert "export MALLOC_MMAP_THRESHOLD_=33554432" in script  # before dask worker starts: glibc reads it once
+    assert script.index("export MALLOC_MMAP_THRESHOLD_") < script.index(worker_line(script))
 
 
 def test_slurm_cpu_jobs_ask_for_no_gpu():
@@ -169,6 +172,7 @@ def test_kubernetes_spec_carries_image_workers_gpus_env(tmp_path):
     assert c["image"] == "registry.example/isovol:1"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"name": "AWS_REGION", "value": "eu-west-1"} in c["env"]
+    assert {"name": "MALLOC_MMAP_THRESHOLD_", "value": "33554432"} in c["env"]
     assert c["args"][:2] == ["dask-worker", "--name"] and "--nthreads" in c["args"]
     assert worker["spec"]["nodeSelector"] == {"gpu": "h100"}
     (s,) = spec["spec"]["scheduler"]["spec"]["containers"]
@@ -266,3 +270,19 @@ def test_cli_cluster_local_behaves_as_before(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "unknown key(s) 'wokers'" in res.stderr
     assert not (tmp_path / "o2.ome.zarr").exists()  # refused before anything was written
+
+
+def _malloc_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+
+
+def test_local_workers_start_with_the_heap_settings_of_deploy_local():
+    """dask's MALLOC_TRIM_THRESHOLD_ removed, the mmap threshold fixed: set in the environment the worker process
+    starts with, since glibc reads it only then (a setting made later does not take)."""
+    from isovol.deploy.local import cluster_client
+
+    with cluster_client(1) as client:
+        (env,) = client.run(_malloc_env).values()
+    assert env.get("MALLOC_MMAP_THRESHOLD_") == "33554432"
+    assert "MALLOC_TRIM_THRESHOLD_" not in env or os.environ.get("MALLOC_TRIM_THRESHOLD_")  # ours, or inherited
+
