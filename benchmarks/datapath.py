@@ -13,12 +13,15 @@
 Input: FlyEM medulla FIB-SEM (training_sample1, 250^3 at 10 nm, ``../shared/data``): every 8th slice (32 slices),
 mirrored in Y/X to --yx; factor 8, output 249 x yx x yx uint8 (1.04 Gvox at yx 2048).  Blocks 128 x 512 x 512
 of 64^3 chunks in 128 x 256 x 256 shards unless told.  Each worker is a process with one thread, as GPU workers
-are.  Prints Markdown for BENCHMARKS.md.
+are, started as isovol starts them (``deploy.local.cluster_client``); ``--plain-dask`` starts a plain dask
+LocalCluster instead, with dask's worker settings (its MALLOC_TRIM_THRESHOLD_: the "before" of deploy/README.md).
+Prints Markdown for BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -26,6 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -116,9 +120,14 @@ def ceiling(root: str, low: np.ndarray, chunk: tuple, shard: tuple, fsync: bool)
     return data.size / 1e6 / seconds
 
 
+#: per (workers, method): the executor's own per-phase seconds of the last run (``upsample --profile``)
+PROFILES: dict[tuple[int, str], list[str]] = {}
+
+
 def run(client: Any, root: str, src: str, method: str, block: tuple, shard: tuple,
-        chunk: tuple = (64, 64, 64)) -> tuple[float, int]:
+        chunk: tuple = (64, 64, 64), workers: int = 0) -> tuple[float, int]:
     """(wall seconds, output voxels) of one upsample through the executor."""
+    from isovol.workflows.profile import table
     from isovol.workflows.upsample import UpsampleRequest, upsample
 
     out = os.path.join(root, f"out-{method}.ome.zarr")
@@ -128,6 +137,8 @@ def run(client: Any, root: str, src: str, method: str, block: tuple, shard: tupl
     summary = upsample(req, client=client)
     seconds = time.perf_counter() - t0
     assert summary.ok, summary.line()
+    if workers:
+        PROFILES[(workers, method)] = table(summary.phases, summary.voxels, summary.done, summary.seconds, workers)
     import zarr
 
     voxels = int(np.prod(zarr.open_array(os.path.join(out, "0"), mode="r").shape))
@@ -183,10 +194,24 @@ def main() -> None:
     ap.add_argument("--block", type=int, nargs=3, default=[128, 512, 512])
     ap.add_argument("--shard", type=int, nargs=3, default=[128, 256, 256])
     ap.add_argument("--quick", action="store_true", help="yx 512, scale 100 and 1000")
+    ap.add_argument("--plain-dask", action="store_true", help="a plain dask LocalCluster (dask's malloc setting)")
     args = ap.parse_args()
     if args.quick:
         args.yx, args.scale = 512, [100, 1000]
     from dask.distributed import Client, LocalCluster
+
+    from isovol.deploy.local import cluster_client
+
+    @contextlib.contextmanager
+    def cluster(n: int) -> Iterator[Any]:
+        if not args.plain_dask:
+            with cluster_client(n) as client:
+                yield client
+            return
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
+                Client(lc) as client:
+            yield client
 
     register(zeros_entry(), *(standin_entry(r) for r in args.rates))
     root = tempfile.mkdtemp(prefix="isovol-datapath-")
@@ -195,16 +220,17 @@ def main() -> None:
         src, low = make_input(root, args.volume, args.yx)
         ceil_plain = ceiling(root, low, (64, 64, 64), shard, fsync=False)
         ceil_sync = ceiling(root, low, (64, 64, 64), shard, fsync=True)
-        print(f"Measured {datetime.date.today()} on {platform.machine()} ({os.cpu_count()} cores); output "
+        print(f"Measured {datetime.date.today()} on {platform.machine()} ({os.cpu_count()} cores), "
+              f"{'a plain dask LocalCluster' if args.plain_dask else 'isovol cluster_client'}; output "
               f"{(low.shape[0] - 1) * FACTOR + 1} x {args.yx} x {args.yx} uint8; blocks {block}, shards {shard}.\n")
         print(f"zarr alone, one process: {ceil_plain:.0f} Mvox/s ({ceil_sync:.0f} with an fsync per shard)\n")
         print("| workers | method | end to end Mvox/s | vs zarr alone (fsync) | vs the method alone |")
         print("|---|---|---|---|---|")
         scale: list[str] = []
         for w in args.workers:
-            with LocalCluster(n_workers=w, threads_per_worker=1, processes=True) as cluster, Client(cluster) as c:
+            with cluster(w) as c:
                 for method in ["nearest", *(f"standin-{r:g}" for r in args.rates)]:
-                    seconds, voxels = run(c, root, src, method, block, shard)
+                    seconds, voxels = run(c, root, src, method, block, shard, workers=w)
                     rate = voxels / 1e6 / seconds
                     alone = "" if method == "nearest" else f"{rate / (w * float(method.split('-')[1])):.2f}"
                     print(f"| {w} | {method} | {rate:.0f} | {rate / ceil_sync:.2f} | {alone} |", flush=True)
@@ -214,6 +240,11 @@ def main() -> None:
         print("| blocks | seconds | ms per block | client peak RSS, MiB over start |")
         print("|---|---|---|---|")
         print("\n".join(scale))
+        for (w, method), lines in PROFILES.items():
+            print(f"\nWhere the time went ({method}, {w} worker{'s' * (w > 1)}; phases add up over the workers' "
+                  "threads, so they may exceed the wall time):\n\n```")
+            print("\n".join(lines))
+            print("```")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
