@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from isovol.pipeline.methods.base import Halo, Method
+from isovol.workflows.profile import table
 
 FACTOR = 8
 WINDOWS_PER_SHARD = 8  # shards of 8 * FACTOR output slices
@@ -329,7 +330,9 @@ def dgean(root: str, args: argparse.Namespace, sample: np.ndarray) -> dict[str, 
                 shutil.rmtree(dst, ignore_errors=True)
                 log(f"end to end, {label}, run {rep + 1}: {sec:.1f} s")
                 if label not in runs or sec < runs[label]["seconds"]:
-                    runs[label] = {"seconds": sec, "blocks": summary.total, "gpu": gpu.summary()}
+                    runs[label] = {"seconds": sec, "blocks": summary.total, "gpu": gpu.summary(),
+                                   "profile": table(summary.phases, summary.voxels, summary.done, summary.seconds,
+                                                    len(device) or 1)}  # where the time went (issue 18 (c))
         stats = worker_stats(client)
     out_shape = [out_z, size, size]
     for r in runs.values():
@@ -430,6 +433,9 @@ def main() -> int:
                     log(f"\nGPU utilisation, {label} run ({g['source']}, {g['samples']} samples): mean "
                         f"{g['mean']:.0f} %, median {g['median']:.0f} %, 10th percentile {g['p10']:.0f} %, "
                         f"{100 * g['share_ge_90']:.0f} % of samples >= 90 %; peak memory {g['peak_mem_gib']:.1f} GiB")
+            for label, r in d["end_to_end"].items():
+                log(f"\nWhere the time went, {label} run (the executor's phases, `upsample --profile`):\n\n```")
+                log("\n".join(r["profile"]) + "\n```")
             plug = list(d["worker_plugin"].values())
             log(f"worker plugin: model loads {[p.get('loads') for p in plug]} for warm-up + model-only + "
                 f"end to end; GPU releases {[p.get('releases') for p in plug]}")
