@@ -17,6 +17,7 @@ import numpy as np
 
 from ..pipeline.blocks import Block, BlockPlan
 from ..pipeline.io.damage import DamagedInputError
+from ..pipeline.io.loops import write
 from ..pipeline.io.omezarr import LEVEL0, clear_shards, make_durable, open_level0, shard_seconds, vouch_shards
 from ..pipeline.io.readers import Volume
 from ..pipeline.methods.base import Method
@@ -121,7 +122,7 @@ def _write(ctx: BlockContext, block: Block, out: np.ndarray, ph: Phases) -> None
     box = tuple(slice(a, b) for a, b in zip(block.out_lo, block.out_hi))
     t0 = time.perf_counter()
     try:
-        ctx.array[box] = out
+        write(ctx.array, box, out)
     except Exception:
         # zarr reads a stored shard before rewriting it, and one torn by a crash cannot be read: drop it and write
         # afresh. Never delete first, and withdraw the block's marker before deleting: another attempt at the same
@@ -129,7 +130,7 @@ def _write(ctx: BlockContext, block: Block, out: np.ndarray, ph: Phases) -> None
         # rewrite must not leave a marked block without its shards. This attempt marks it again once durable.
         ctx.keeper.unmark(block.key)
         clear_shards(ctx.array, block.out_lo, block.out_hi)
-        ctx.array[box] = out
+        write(ctx.array, box, out)
     ph.split_write(time.perf_counter() - t0, *shard_seconds(ctx.array, block.out_lo, block.out_hi))
 
 

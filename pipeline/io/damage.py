@@ -13,6 +13,7 @@ import itertools
 from typing import Any
 
 from ..errors import InputError, IsovolError
+from .loops import read
 
 #: every damage message starts so (the run's failure summary prints each damaged chunk once)
 PREFIX = "input chunk "
@@ -62,7 +63,7 @@ def locate_damage(array: Any, selection: tuple, name: str) -> DamagedInputError 
 def read_or_name_damage(array: Any, selection: tuple, name: str) -> Any:
     """``array[selection]``; a decode failure raises the DamagedInputError that names the stored object."""
     try:
-        return array[selection]
+        return read(array, selection)
     except Exception as exc:
         if not may_be_damage(exc):
             raise
