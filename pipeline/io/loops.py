@@ -56,14 +56,12 @@ def _run(coro: Any) -> Any:
 
 def read(array: Any, box: tuple[Any, ...]) -> np.ndarray:
     """``array[box]`` for a box of slices and integers."""
-    if not own_loop_serves(array):
-        return array[box]
-    return _run(array.async_array.getitem(box))
+    return _run(array.async_array.getitem(box)) if own_loop_serves(array) else array[box]
 
 
 def write(array: Any, box: tuple[slice, ...], value: np.ndarray) -> None:
     """``array[box] = value`` for a box of slices."""
-    if not own_loop_serves(array):
+    if own_loop_serves(array):
+        _run(array.async_array.setitem(box, value))
+    else:
         array[box] = value
-        return
-    _run(array.async_array.setitem(box, value))
