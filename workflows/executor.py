@@ -34,6 +34,19 @@ _TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "requesttimeout", "servi
                     "connection", "timed out", "timeout", "temporarily", "503", "500 ")
 
 
+def _not_an_abandoned_gather(record: logging.LogRecord) -> bool:
+    """False for asyncio's "Task exception was never retrieved" about distributed's ``AllExit``.
+
+    A result fetch given up after ``RESULT_TIMEOUT`` leaves distributed's inner wait task behind; when the block's
+    future is later cancelled, that task ends in ``AllExit``, which nobody awaits any more, and asyncio prints its
+    traceback at exit.  The block was already retried: the traceback says nothing and reads like a crash."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (type(exc).__name__ == "AllExit" and type(exc).__module__ == "distributed.client")
+
+
+logging.getLogger("asyncio").addFilter(_not_an_abandoned_gather)  # a filter added twice is kept once
+
+
 def is_transient(exc: BaseException) -> bool:
     """Storage hiccups, lost workers and time-outs are worth a retry; everything else is a bug or bad data."""
     from distributed import KilledWorker

@@ -328,3 +328,35 @@ def test_summary_line():
     assert not s.ok
     assert s.line() == "10 blocks: 5 done, 3 skipped (already done), 2 failed, 4 retries in 1.2 s"
     assert Summary(total=2, done=2).ok and not Summary(total=2, done=1, not_run=1).ok
+
+
+def _unretrieved_task_failing_with(exc: BaseException, capsys) -> str:
+    """What asyncio prints on stderr when a task that raised ``exc`` is dropped with nobody awaiting it."""
+    import asyncio
+    import gc
+    import logging
+
+    async def fail() -> None:
+        raise exc
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(fail())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    handler = logging.StreamHandler()  # to the stderr capsys holds now
+    logging.getLogger("asyncio").addHandler(handler)
+    try:
+        del task
+        gc.collect()
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+        loop.close()
+    return capsys.readouterr().err
+
+
+def test_an_abandoned_result_fetch_prints_no_traceback(capsys):
+    """A block whose worker froze after finishing it is retried; distributed's inner gather task, given up, later
+    ends in AllExit: asyncio's "never retrieved" traceback for it is dropped, any other task's is still shown."""
+    from distributed.client import AllExit
+
+    assert _unretrieved_task_failing_with(AllExit(), capsys) == ""
+    assert "ValueError: kept" in _unretrieved_task_failing_with(ValueError("kept"), capsys)
