@@ -51,7 +51,22 @@ def _run(coro: Any) -> Any:
     own = getattr(_THREAD, "own", None)
     if own is None:
         own = _THREAD.own = _Loop()
-    return own.loop.run_until_complete(coro)
+    try:
+        return own.loop.run_until_complete(coro)
+    finally:
+        _settle_leftovers(own.loop)
+
+
+def _settle_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel and finish what a failed request left on the loop: zarr gathers a chunk's siblings, and when one
+    fails (a damaged input chunk) the others stay pending; a loop closed with them prints "Task was destroyed but
+    it is pending!" on stderr, and the next request on this thread would find them still there."""
+    left = asyncio.all_tasks(loop)
+    if not left:
+        return
+    for task in left:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
 
 
 def read(array: Any, box: tuple[Any, ...]) -> np.ndarray:

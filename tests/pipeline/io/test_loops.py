@@ -95,3 +95,19 @@ def test_threads_write_disjoint_shards_at_once_and_each_loop_closes_with_its_thr
     del threads
     gc.collect()
     assert all(loop.is_closed() for loop in seen)
+
+
+def test_a_failed_read_leaves_nothing_pending_on_the_loop(tmp_path, data):
+    """A damaged chunk fails the read while zarr still reads its siblings: those are cancelled and finished, not
+    left on the thread's loop (where closing it would print "Task was destroyed but it is pending!")."""
+    import asyncio
+
+    arr = zarr.create_array(LocalStore(tmp_path / "a"), shape=data.shape, dtype="uint8", chunks=(2, 8, 8),
+                            compressors=BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"))
+    arr[:] = data
+    chunk = tmp_path / "a" / "c" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    with pytest.raises(Exception, match="(?i)decompress|blosc|error"):
+        loops.read(arr, (slice(None),) * 3)
+    assert not asyncio.all_tasks(loops._THREAD.own.loop)
+    np.testing.assert_array_equal(loops.read(arr, (slice(2, 32),) * 3)[:, :30, :30], data[2:32, 2:32, 2:32])
