@@ -8,6 +8,14 @@ took 66-79 ms while another thread of the process wrote shards, against 13-15 ms
 on a loop of its own (``benchmarks/datapath.py``).  Each thread here runs zarr's asynchronous API on its own loop,
 so reads and writes of different threads overlap as far as the cores allow.
 
+Importing this module also sets zarr's n-d buffer class (its ``ndbuffer`` config, where it is zarr's default CPU
+one) to ``QuickFillNDBuffer``, whose fill-value check stops at the first voxel that differs.  zarr asks, for
+every shard it writes and again for every chunk inside it, whether the data is all fill value (such chunks are
+not stored), and answers with ``np.array_equal(..., equal_nan=True)``: six passes and three block-sized
+temporaries each time, even for integers.  On FlyEM blocks that check cost more CPU than the zstd compression
+itself.  The answer, and so every stored byte, is the same.  It is a process-wide setting because zarr's sharding
+codec accepts no other buffer class than the configured one.
+
 Only local stores take this path: fsspec's asynchronous file systems (S3, GCS, HTTP) are bound to the loop they
 were made on, so those reads and writes go through zarr's synchronous API as before.  The bytes are the same
 either way: it is the same codec pipeline, called from another loop.
@@ -20,6 +28,39 @@ import threading
 from typing import Any
 
 import numpy as np
+from zarr.core.buffer.cpu import NDBuffer
+
+
+class QuickFillNDBuffer(NDBuffer):
+    """zarr's CPU n-d buffer with an ``all_equal`` that answers False at the first voxel unequal to a scalar fill
+    value, and in one pass for integers; other cases (NaN fill, non-scalar, strings) go to zarr's own check."""
+
+    def all_equal(self, other: Any, equal_nan: bool = True) -> bool:
+        data = self._data
+        if other is None or np.ndim(other) != 0 or data.dtype.kind not in "biuf" or data.size == 0:
+            return super().all_equal(other, equal_nan)
+        first = data.flat[0]
+        if first == first and first != other:  # a number (not NaN) unequal to the fill, however NaN is treated
+            return False
+        if data.dtype.kind in "biu":
+            return bool((data == other).all())
+        return super().all_equal(other, equal_nan)
+
+
+def use_quick_fill_check() -> None:
+    """Make ``QuickFillNDBuffer`` zarr's n-d buffer class, unless another than zarr's CPU default is configured
+    (GPU buffers, say), which is left alone."""
+    import zarr
+    from zarr.registry import register_ndbuffer
+
+    if zarr.config.get("ndbuffer") in (ZARR_NDBUFFER, QUICK_NDBUFFER):
+        register_ndbuffer(QuickFillNDBuffer, QUICK_NDBUFFER)
+        zarr.config.set({"ndbuffer": QUICK_NDBUFFER})
+
+
+ZARR_NDBUFFER = "zarr.buffer.cpu.NDBuffer"
+QUICK_NDBUFFER = f"{__name__}.QuickFillNDBuffer"
+use_quick_fill_check()
 
 
 class _Loop:

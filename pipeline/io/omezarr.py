@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputError
+from . import loops  # noqa: F401 - imported for zarr's quick fill-value check (see loops.py) wherever we write
 from .urls import describe_error, filesystem, is_local, local_path, strip_url
 
 LEVEL0 = "0"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.buffer.cpu import NDBuffer
 from zarr.storage import LocalStore, MemoryStore
 
 from isovol.pipeline.io import loops
@@ -111,3 +112,52 @@ def test_a_failed_read_leaves_nothing_pending_on_the_loop(tmp_path, data):
         loops.read(arr, (slice(None),) * 3)
     assert not asyncio.all_tasks(loops._THREAD.own.loop)
     np.testing.assert_array_equal(loops.read(arr, (slice(2, 32),) * 3)[:, :30, :30], data[2:32, 2:32, 2:32])
+
+
+def test_isovol_writes_take_the_quick_fill_check():
+    from zarr.core.buffer import default_buffer_prototype
+
+    import isovol.pipeline.io.omezarr  # noqa: F401 - every writer of outputs imports it
+
+    assert default_buffer_prototype().nd_buffer is loops.QuickFillNDBuffer
+
+
+@pytest.mark.parametrize("dtype, fill", [("uint8", 0), ("uint16", 7), ("float32", 0.0), ("float32", np.nan)])
+def test_the_quick_fill_check_stores_what_zarrs_own_stores(tmp_path, dtype, fill):
+    """A shard and an inner chunk of fill value only are left out as zarr leaves them out, a chunk that starts
+    with the fill value is kept, and every byte is the one zarr's own buffer class writes: whole shards, shards
+    cut by the array's edge, and a part of shards rewritten."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 200, (32, 64, 60)).astype(dtype)
+    data[:16, :32, :32] = fill  # one whole shard of fill value
+    data[16:24, 32:48, 32:48] = fill  # one inner chunk of fill value
+    data[0, 32, 32] = fill  # a chunk whose first voxel is the fill value
+    if dtype == "float32":
+        data[16, 0, 0], data[16, 0, 1] = -0.0, np.nan
+    part = (slice(None), slice(4, 9), slice(50, 55))
+    arrays = {name: zarr.create_array(LocalStore(tmp_path / name), shape=data.shape, dtype=dtype,
+                                      chunks=(8, 16, 16), shards=(16, 32, 32), fill_value=fill,
+                                      compressors=BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"))
+              for name in ("ours", "theirs")}
+    loops.write(arrays["ours"], (slice(None),) * 3, data)
+    arrays["ours"][part] = data[part][::-1]
+    with zarr.config.set({"ndbuffer": loops.ZARR_NDBUFFER}):
+        arrays["theirs"][...] = data
+        arrays["theirs"][part] = data[part][::-1]
+    ours = _files(tmp_path / "ours")
+    assert ours == _files(tmp_path / "theirs")
+    assert "c/0/0/0" not in ours and "c/1/1/1" in ours
+
+
+@pytest.mark.parametrize("values, fill", [
+    ([0, 0, 0], 0), ([0, 0, 1], 0), ([1, 0, 0], 0), ([5, 5], 5),
+    ([0.0, -0.0], 0.0), ([-0.0, 0.0], 0.0), ([np.nan, np.nan], np.nan), ([np.nan, 1.0], np.nan),
+    ([1.0, np.nan], np.nan), ([0.0, np.nan], 0.0), ([2.0, 2.0], 2.0), ([True, True], True), ([3, 3], None),
+])
+def test_the_quick_fill_check_answers_as_zarrs(values, fill):
+    nan = bool(np.isnan(np.asarray(values, float)).any())
+    for dtype in ("float32", "float64") if nan else ("uint8", "int16", "float32", "float64", "bool"):
+        arr = np.asarray(values).astype(dtype)
+        theirs = NDBuffer.from_ndarray_like(arr).all_equal(fill)
+        ours = loops.QuickFillNDBuffer.from_ndarray_like(arr).all_equal(fill)
+        assert ours == theirs, (values, fill, dtype)
