@@ -1,4 +1,5 @@
-"""Readers for TIFF files, folders of TIFF slices and HDF5 datasets (the ``Volume`` interface of ``readers.py``).
+"""Readers for TIFF files, folders of TIFF slices and HDF5 datasets (``volume.Volume``s, opened by
+``readers.open_volume``).
 
 Like every reader they are picklable: a TIFF or HDF5 handle is opened lazily in the process that reads.
 """
@@ -13,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .readers import Box, Vec3, Volume, _squeeze_shape
 from .urls import filesystem, is_local, local_path, strip_url
+from .volume import Box, Vec3, Volume, squeeze_shape
 
 
 def _tiff_voxel_size(tif: Any) -> Vec3 | None:
@@ -45,7 +46,7 @@ class TiffVolume(Volume):
         self._lock = threading.Lock()  # one TiffFile handle seeks and reads: threads must take turns
         tif = self.handle
         series = tif.series[0]
-        self._lead, self.shape = _squeeze_shape(series.shape, url)
+        self._lead, self.shape = squeeze_shape(series.shape, url)
         self.dtype = np.dtype(series.dtype)
         self.voxel_size = _tiff_voxel_size(tif)
         self._paged = len(series.pages) == self.shape[0]
@@ -147,7 +148,7 @@ class Hdf5Volume(Volume):
         ds = f[self.dataset]
         if not isinstance(ds, h5py.Dataset):
             raise InputError(f"{strip_url(url)}:{self.dataset} is a group, not a dataset")
-        self._lead, self.shape = _squeeze_shape(ds.shape, url)
+        self._lead, self.shape = squeeze_shape(ds.shape, url)
         self.dtype = np.dtype(ds.dtype)
         el = ds.attrs.get("element_size_um")
         if el is not None and len(el) == 3:

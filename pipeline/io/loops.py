@@ -30,6 +30,10 @@ from typing import Any
 import numpy as np
 from zarr.core.buffer.cpu import NDBuffer
 
+#: zarr's own CPU n-d buffer class, and ours (their names in zarr's ``ndbuffer`` config)
+ZARR_NDBUFFER = "zarr.buffer.cpu.NDBuffer"
+QUICK_NDBUFFER = f"{__name__}.QuickFillNDBuffer"
+
 
 class QuickFillNDBuffer(NDBuffer):
     """zarr's CPU n-d buffer with an ``all_equal`` that answers False at the first voxel unequal to a scalar fill
@@ -58,8 +62,6 @@ def use_quick_fill_check() -> None:
         zarr.config.set({"ndbuffer": QUICK_NDBUFFER})
 
 
-ZARR_NDBUFFER = "zarr.buffer.cpu.NDBuffer"
-QUICK_NDBUFFER = f"{__name__}.QuickFillNDBuffer"
 use_quick_fill_check()
 
 
