@@ -39,8 +39,9 @@ class BlockContext:
     digest: str
     #: pipeline the Z pieces of a block (read / compute / write overlapped) where the method allows it
     overlap: bool = True
-    #: the event topic on which a task says it has started (its block time-out counts from then); set by execute
-    start_topic: str | None = None
+    #: the event topic on which a task says it has started (its block time-out counts from then) and hands over its
+    #: result; set by execute
+    topic: str | None = None
     #: the array written: level 0, or a pyramid level (workflows/pyramid.py)
     level: str = LEVEL0
 
@@ -61,14 +62,16 @@ def run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     A damaged input chunk is returned as the block's error, not raised: bad data is no bug, so no worker
     traceback, and no retry."""
     try:
-        return _run_block(ctx, block)
+        result = _run_block(ctx, block)
     except DamagedInputError as exc:
-        return {"key": block.key, "error": str(exc)}
+        result = {"key": block.key, "error": str(exc)}
+    _announce(ctx.topic, {"result": result})
+    return result
 
 
 def _run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     t0 = time.perf_counter()
-    _announce_start(ctx.start_topic)
+    _announce(ctx.topic, {})
     pieces = ctx.plan.z_pieces(block) if ctx.overlap and ctx.method.z_split_exact else [block]
     tally = [0, 0]  # NaN / inf voxels in the block's own input and in its output
     ph = Phases()
@@ -88,17 +91,20 @@ def _run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
             "nonfinite": tally, "phases": ph.seconds}
 
 
-def _announce_start(topic: str | None) -> None:
-    """Tell the client this task is executing now, and on which worker (a dask event), so the block's time-out
-    counts from here, not from submission -- blocks wait in worker queues (three per thread are in flight) --
-    and a stuck block can be named with its worker.  No-op outside a dask worker."""
+def _announce(topic: str | None, msg: dict[str, Any]) -> None:
+    """Tell the client, as a dask event naming this task and its worker, that the task is executing now (an empty
+    ``msg``) or what it finished with (``{"result": ...}``).  The start makes the block's time-out count from here,
+    not from submission -- blocks wait in worker queues (three per thread are in flight) -- and lets a stuck block
+    be named with its worker.  The result travels with the scheduler's messages, so the client need not fetch it
+    from the worker: no round trip per block, and a worker that froze after its last block is not asked.
+    No-op outside a dask worker."""
     if topic is None:
         return
     try:
         from distributed import get_worker
 
         worker = get_worker()
-        worker.log_event(topic, {"key": str(worker.get_current_task()), "worker": worker.address})
+        worker.log_event(topic, {"key": str(worker.get_current_task()), "worker": worker.address, **msg})
     except Exception:  # a direct call, not a task on a worker: no client is waiting for the event
         pass
 

@@ -27,8 +27,10 @@ from .profile import merge
 
 log = logging.getLogger(__name__)
 
-#: seconds to fetch a finished block's result (a small dict) from its worker; a worker frozen since it finished
-#: the block does not answer, and the block is then retried elsewhere (its writes are idempotent)
+#: seconds to fetch a finished block's result (a small dict) from its worker, where it did not come with the block's
+#: events (block_task._announce; a fallback: the event precedes the task's completion in the scheduler's messages);
+#: a worker frozen since it finished the block does not answer, and the block is then retried elsewhere (its writes
+#: are idempotent)
 RESULT_TIMEOUT = 10.0
 _TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "requesttimeout", "serviceunavailable", "internalerror",
                     "connection", "timed out", "timeout", "temporarily", "503", "500 ")
@@ -37,7 +39,7 @@ _TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "requesttimeout", "servi
 def _not_an_abandoned_gather(record: logging.LogRecord) -> bool:
     """False for asyncio's "Task exception was never retrieved" about distributed's ``AllExit``.
 
-    A result fetch given up after ``RESULT_TIMEOUT`` leaves distributed's inner wait task behind; when the block's
+    A result fetch (the fallback of ``_Run._settle``) given up after ``RESULT_TIMEOUT`` leaves distributed's inner wait task behind; when the block's
     future is later cancelled, that task ends in ``AllExit``, which nobody awaits any more, and asyncio prints its
     traceback at exit.  The block was already retried: the traceback says nothing and reads like a crash."""
     exc = record.exc_info[1] if record.exc_info else None
@@ -156,9 +158,10 @@ class _Run:
         # task keys unique to this call: a key the scheduler still holds (an earlier or concurrent run of the
         # same digest, e.g. to another output) would otherwise be reused and its block never written here
         self.run_id = uuid.uuid4().hex[:8]
-        self.ctx = replace(ctx, start_topic=f"isovol-start-{self.run_id}")
+        self.ctx = replace(ctx, topic=f"isovol-blocks-{self.run_id}")
         self.started: dict[str, tuple[float, str]] = {}  # task key -> (when it started executing, on which worker)
-        client.subscribe_topic(self.ctx.start_topic, self._on_start)
+        self.results: dict[str, dict[str, Any]] = {}  # task key -> the result its task announced
+        client.subscribe_topic(self.ctx.topic, self._on_event)
         self.ctx_future = self._ship_context()
         self.queue: deque[Block] = deque(blocks)
         self.attempts: dict[str, int] = {}
@@ -166,8 +169,11 @@ class _Run:
         self.aborted = False
         self.unreachable = False  # the last block settled finished, but its worker did not hand over its result
 
-    def _on_start(self, event: tuple[float, Any]) -> None:
+    def _on_event(self, event: tuple[float, Any]) -> None:
         msg = event[1]
+        if "result" in msg:
+            self.results[msg["key"]] = msg["result"]
+            return
         now = time.monotonic()
         self.started.setdefault(msg["key"], (now, msg["worker"]))
         self.watch.note_started(msg["worker"], now)
@@ -248,15 +254,16 @@ class _Run:
             exc = TimeoutError(f"block {block.key} was cancelled")
         else:
             exc = fut.exception() if fut.status == "error" else None
-        result: dict[str, Any] = {}
+        result: dict[str, Any] | None = self.results.pop(fut.key, None)
         self.unreachable = False
-        if exc is None:  # the block's small result lives on its worker: one that froze since must not hang us
+        if exc is None and result is None:  # not announced (yet): fetch it, but a frozen worker must not hang us
             try:
                 result = fut.result(timeout=RESULT_TIMEOUT) or {}
             except Exception as err:  # noqa: BLE001 - any failure to fetch makes the block a transient failure
                 self.unreachable = True
                 exc = TimeoutError(f"block {block.key} finished but its worker did not hand over its result "
                                    f"({_one_line(err)})")
+        result = result or {}
         if exc is None and "error" not in result:
             self.summary.done += 1
             counts = result.get("nonfinite", (0, 0))
@@ -288,7 +295,7 @@ class _Run:
         for fut in self.running:
             fut.cancel()
         self.ctx_future.cancel()
-        self.client.unsubscribe_topic(self.ctx.start_topic)
+        self.client.unsubscribe_topic(self.ctx.topic)
 
 
 def _given(value: Any) -> Any:

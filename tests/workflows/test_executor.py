@@ -360,3 +360,25 @@ def test_an_abandoned_result_fetch_prints_no_traceback(capsys):
 
     assert _unretrieved_task_failing_with(AllExit(), capsys) == ""
     assert "ValueError: kept" in _unretrieved_task_failing_with(ValueError("kept"), capsys)
+
+
+def test_block_results_come_with_the_blocks_events_not_from_the_workers(tmp_path, client, crop, monkeypatch):
+    """A finished block's small result (voxels, phase timings) travels on the run's event topic with the scheduler's
+    messages: the client fetches nothing from the worker (no round trip per block; a worker frozen after its last
+    block is never asked).  With fetching broken, every block and pyramid level is still done, none retried."""
+    import distributed
+
+    def no_fetch(self, *args, **kwargs):
+        raise AssertionError("a block's result was fetched from its worker")
+
+    monkeypatch.setattr(distributed.Future, "result", no_fetch)
+    volume = lowres(crop, 8)
+    src = write_input(tmp_path / "in.ome.zarr", volume, 8)
+    out = str(tmp_path / "out.ome.zarr")
+    summary = upsample(UpsampleRequest(input=src, output=out, factor=8, block_shape=(32, 32, 40), levels=1,
+                                       progress=False), client=client)
+    assert summary.ok and summary.retried == 0, summary.line()
+    assert summary.done == summary.total == 5 * 2 * 2
+    assert summary.voxels == (volume.shape[0] - 1) * 8 * 64 * 80 + 64 * 80  # every block's count arrived
+    assert summary.phases["encode"] > 0 and summary.phases["fsync"] > 0
+    assert np.array_equal(read_output(out), upsample_array(volume, 8, get_method("cubic")))
