@@ -39,9 +39,10 @@ _TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "requesttimeout", "servi
 def _not_an_abandoned_gather(record: logging.LogRecord) -> bool:
     """False for asyncio's "Task exception was never retrieved" about distributed's ``AllExit``.
 
-    A result fetch (the fallback of ``_Run._settle``) given up after ``RESULT_TIMEOUT`` leaves distributed's inner wait task behind; when the block's
-    future is later cancelled, that task ends in ``AllExit``, which nobody awaits any more, and asyncio prints its
-    traceback at exit.  The block was already retried: the traceback says nothing and reads like a crash."""
+    A result fetch (the fallback of ``_Run._settle``) given up after ``RESULT_TIMEOUT`` leaves distributed's inner
+    wait task behind; when the block's future is later cancelled, that task ends in ``AllExit``, which nobody awaits
+    any more, and asyncio prints its traceback at exit.  The block was already retried: the traceback says nothing
+    and reads like a crash."""
     exc = record.exc_info[1] if record.exc_info else None
     return not (type(exc).__name__ == "AllExit" and type(exc).__module__ == "distributed.client")
 
