@@ -2,13 +2,18 @@
 and only then write its done marker (the client's side is ``executor.py``).
 
 A block whose method splits exactly along Z (``z_split_exact``) is pipelined inside its task: reading the next
-Z piece and writing the previous one overlap the current piece's compute.  Each block times its phases
-(``profile.Phases``) and counts the NaN / inf voxels it met; both travel back in the task's result.
+Z piece and writing the previous one overlap the current piece's compute; across blocks, the next block's first
+read overlaps this block's last compute (``_hand_over_thread``, ``_compute_slot``).  Each block times its phases
+(``profile.Phases``) and counts the NaN / inf voxels it met; both travel back in the task's result, announced on
+the run's event topic.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -77,9 +82,10 @@ def _run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
     ph = Phases()
     if len(pieces) == 1:
         data = ph.timed("read", _read, ctx, block)
-        out = ph.timed("method", _compute, ctx, block, data, tally)
-        if ctx.overlap:
-            _hand_over_thread()
+        with _compute_slot(ctx.overlap):  # the previous block's last compute may still hold it
+            if ctx.overlap:
+                _hand_over_thread()
+            out = ph.timed("method", _compute, ctx, block, data, tally)
         ctx.keeper.check_current(ctx.digest)  # before the block's first write: see Bookkeeper.check_current
         _write(ctx, block, out, ph)
     else:
@@ -146,16 +152,43 @@ def _write_durably(ctx: BlockContext, piece: Block, out: np.ndarray, ph: Phases)
 
 
 def _hand_over_thread() -> None:
-    """Give this task's worker thread to the next block once the compute is done (``distributed.secede``): what
-    is left -- compress, write, fsync, done marker -- then overlaps with the next block's compute, also on a
-    worker with one thread.  Computes never overlap each other: a task hands over only after its last one.
-    The task still writes its own marker after its own shards are durable.  No-op outside a dask worker."""
+    """Give this task's worker thread to the next block as its last compute starts (``distributed.secede``): the
+    next block's first read then overlaps this compute, and what is left here -- compress, write, fsync, done
+    marker -- overlaps the next block's compute, also on a worker with one thread.  Computes still never overlap
+    more than the worker has threads: each holds a compute slot (``_compute_slot``), and a task hands over only
+    once it holds one.  The task still writes its own marker after its own shards are durable.  No-op outside a
+    dask worker."""
     try:
         from distributed import secede
 
         secede()
     except Exception:  # not running as a task on a worker (a direct call): nothing to hand over
         pass
+
+
+#: per worker: a semaphore with one slot per worker thread, held by a block from its first compute to its last
+_SLOTS: weakref.WeakKeyDictionary[Any, threading.BoundedSemaphore] = weakref.WeakKeyDictionary()
+_SLOTS_LOCK = threading.Lock()
+
+
+def _compute_slot(shared: bool) -> Any:
+    """The worker's compute slots (one per worker thread), or no limit outside a dask worker or without
+    ``shared``.  A task hands its thread over as its last compute starts, so that the next block's read overlaps
+    it; the slot keeps that next block from computing beside it -- a GPU worker's one network call at a time,
+    and the memory a worker was sized for."""
+    if not shared:
+        return contextlib.nullcontext()
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except Exception:  # not running as a task on a worker (a direct call): nothing to share
+        return contextlib.nullcontext()
+    with _SLOTS_LOCK:
+        slots = _SLOTS.get(worker)
+        if slots is None:
+            slots = _SLOTS[worker] = threading.BoundedSemaphore(max(1, int(worker.state.nthreads)))
+    return slots
 
 
 def _pipeline(ctx: BlockContext, pieces: list[Block], tally: list[int], ph: Phases) -> None:
@@ -166,12 +199,11 @@ def _pipeline(ctx: BlockContext, pieces: list[Block], tally: list[int], ph: Phas
     Why inside one task, not across tasks: the task still owns its block from read to done marker, so retries,
     time-outs, resume and "every shard durable before the marker" are exactly those of the serial path; nothing
     has to guess which block a worker runs next; and a failure anywhere raises here, after the pieces in flight
-    have settled, with no marker written.  The first read of a block does not overlap, so give GPU workers
-    blocks of several shards along Z (e.g. ``--block-shape 256,1024,1024 --shard-shape 64,1024,1024``); the
-    last write does overlap the next block's compute, because the task hands its thread over once its last piece
-    is computed (``_hand_over_thread``).  Only methods whose Z pieces give exactly the block's result
-    (``z_split_exact``) are cut; at most one piece is read, one computed and two written at a time, so memory
-    stays bounded by the block.
+    have settled, with no marker written.  Across blocks, the task hands its thread over as its last piece's
+    compute starts (``_hand_over_thread``): the next block reads its first piece meanwhile and waits for the
+    compute slot, and this block's last writes overlap the next block's compute.  Only methods whose Z pieces
+    give exactly the block's result (``z_split_exact``) are cut; at most one piece is read, one computed and two
+    written at a time per block, and one more piece read by the next block, so memory stays bounded.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -180,18 +212,20 @@ def _pipeline(ctx: BlockContext, pieces: list[Block], tally: list[int], ph: Phas
         writes: deque[Any] = deque()
         try:
             nxt = reader.submit(ph.timed, "read", _read, ctx, pieces[0])
-            for i, piece in enumerate(pieces):
-                data = nxt.result()
-                if i + 1 < len(pieces):
-                    nxt = reader.submit(ph.timed, "read", _read, ctx, pieces[i + 1])
-                out = ph.timed("method", _compute, ctx, piece, data, tally)
-                del data
-                while len(writes) >= 2:  # bound the outputs held in memory
-                    writes.popleft().result()
-                if i == 0:  # before the block's first write: see Bookkeeper.check_current
-                    ctx.keeper.check_current(ctx.digest)
-                writes.append(writer.submit(_write_durably, ctx, piece, out, ph))
-            _hand_over_thread()
+            with _compute_slot(True):  # from the first compute to the last; the first read does not wait for it
+                for i, piece in enumerate(pieces):
+                    data = nxt.result()
+                    if i + 1 < len(pieces):
+                        nxt = reader.submit(ph.timed, "read", _read, ctx, pieces[i + 1])
+                    else:
+                        _hand_over_thread()
+                    out = ph.timed("method", _compute, ctx, piece, data, tally)
+                    del data
+                    while len(writes) >= 2:  # bound the outputs held in memory
+                        writes.popleft().result()
+                    if i == 0:  # before the block's first write: see Bookkeeper.check_current
+                        ctx.keeper.check_current(ctx.digest)
+                    writes.append(writer.submit(_write_durably, ctx, piece, out, ph))
             while writes:
                 writes.popleft().result()
         finally:

@@ -5,6 +5,7 @@ part-way leaves no done marker and resumes to the exact result."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -106,8 +107,8 @@ def test_a_block_failing_mid_pipeline_leaves_no_marker_and_resumes_exactly(clien
     np.testing.assert_array_equal(read(str(out)), upsample_array(volume, R, get_method("cubic")))
 
 
-def test_each_block_hands_its_thread_over_after_its_last_compute(client, source, tmp_path, monkeypatch):
-    """Once computed, a block's remaining I/O runs beside the next block's compute (distributed.secede)."""
+def test_each_block_hands_its_thread_over_once_at_its_last_compute(client, source, tmp_path, monkeypatch):
+    """As its last compute starts, a block hands its thread to the next block (distributed.secede): once per block."""
     import distributed
 
     real = distributed.secede
@@ -124,3 +125,40 @@ def test_each_block_hands_its_thread_over_after_its_last_compute(client, source,
                               client=client)
         assert summary.ok
         assert len(calls) == (summary.total if overlap else 0)
+
+
+@pytest.mark.parametrize("shard", [SHARD, BLOCK], ids=["4 pieces", "1 piece"])
+def test_the_next_blocks_read_overlaps_the_last_compute_and_computes_never_overlap(source, volume, tmp_path,
+                                                                                  monkeypatch, shard):
+    """On a worker with one thread (a GPU worker), a block hands its thread over as its last compute starts: the
+    next block reads its first piece meanwhile, so the GPU does not wait for it, but computes only once the
+    compute slot is free -- no two computes at once."""
+    from isovol.deploy.local import cluster_client
+
+    reads: list[tuple[tuple[int, ...], float, float]] = []
+    computes: list[tuple[tuple[int, ...], float, float]] = []
+    real_read, real_compute = block_task._read, block_task._compute
+
+    def block_of(piece) -> tuple[int, ...]:
+        return tuple(lo // b for lo, b in zip(piece.out_lo, BLOCK))
+
+    def timed(log, fn, pause):
+        def spy(ctx, piece, *args):
+            t0 = time.perf_counter()
+            try:
+                return fn(ctx, piece, *args)
+            finally:
+                time.sleep(pause)  # a slow network: the next block's read has time to happen beside it
+                log.append((block_of(piece), t0, time.perf_counter()))
+        return spy
+
+    monkeypatch.setattr(block_task, "_read", timed(reads, real_read, 0.0))
+    monkeypatch.setattr(block_task, "_compute", timed(computes, real_compute, 0.15))
+    with cluster_client(1, processes=False) as one_thread:
+        req = replace(request(source, tmp_path / "out.ome.zarr", method="cubic"), shard_shape=shard)
+        assert up.upsample(req, client=one_thread).ok
+    np.testing.assert_array_equal(read(req.output), upsample_array(volume, R, get_method("cubic")))
+    spans = sorted((t0, t1) for _, t0, t1 in computes)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "two computes ran at once on a one-thread worker"
+    ahead = [(b, a) for b, r0, r1 in reads for a, c0, c1 in computes if a != b and r0 < c1 and c0 < r1]
+    assert ahead, "no block's read ran beside another block's compute"
