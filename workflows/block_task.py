@@ -100,7 +100,7 @@ def _run_block(ctx: BlockContext, block: Block) -> dict[str, Any]:
 def _announce(topic: str | None, msg: dict[str, Any]) -> None:
     """Tell the client, as a dask event naming this task and its worker, that the task is executing now (an empty
     ``msg``) or what it finished with (``{"result": ...}``).  The start makes the block's time-out count from here,
-    not from submission -- blocks wait in worker queues (three per thread are in flight) -- and lets a stuck block
+    not from submission -- blocks wait in worker queues (four per thread are in flight) -- and lets a stuck block
     be named with its worker.  The result travels with the scheduler's messages, so the client need not fetch it
     from the worker: no round trip per block, and a worker that froze after its last block is not asked.
     No-op outside a dask worker."""

@@ -173,7 +173,8 @@ def plan(input_url: str, factor: int, method: str, model_dir: str | None, method
                       f"working {fmt_bytes(b['working'])}"),
         ("peak memory per task", fmt_bytes(b["peak"])),
         # a task hands its thread to the next block before its writes finish (workflows/executor.py)
-        ("per worker thread", f"up to {fmt_bytes(2 * b['peak'])}: one block computing, one finishing its writes"),
+        ("per worker thread", f"up to {fmt_bytes(2 * b['peak'] + b['input'])}: one block computing, one finishing "
+                              "its writes, the next one's input read"),
         ("pyramid (--levels auto)", _levels_text(info["pyramid_levels"])),
     ]
     width = max(len(r[0]) for r in rows)

@@ -141,8 +141,9 @@ def cluster_opts(func: Callable) -> Callable:
         click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
                      help="Retries of a block after a transient error."),
         click.option("--block-timeout", type=SECONDS, default=None,
-                     help="Retry a block not finished this long after submission (it may wait behind one other "
-                          "block per worker thread, so allow about twice a block's run time)."),
+                     help="Retry a block not finished this long after it started on its worker (it may wait "
+                          "there for the compute of the block before it, so allow about twice a block's run "
+                          "time)."),
     ]
     for opt in reversed(options):
         func = opt(func)

@@ -54,10 +54,10 @@ class ClusterWatch:
             client.wait_for_workers(1)
 
     def limit(self) -> int:
-        """How many blocks to keep submitted: three per worker thread -- one computing, one finishing its writes
-        after handing the thread over (``block_task._hand_over_thread``), one queued so the thread never waits for
-        the client."""
-        return self.fixed if self.fixed is not None else 3 * self.threads()
+        """How many blocks to keep submitted: four per worker thread -- one finishing its writes and one in its
+        last compute, both after handing the thread over (``block_task._hand_over_thread``), one reading its
+        input meanwhile, one queued so the thread never waits for the client."""
+        return self.fixed if self.fixed is not None else 4 * self.threads()
 
     def threads(self) -> int:
         """Worker threads in the cluster now (at least 1)."""

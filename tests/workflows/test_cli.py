@@ -168,7 +168,8 @@ def test_plan_prints_grid_tasks_and_memory(tmp_path, inputs, cli):
     text = res.stdout
     assert re.search(r"^grid\s+\(5, 2, 2\) = 20 tasks$", text, re.M), text
     assert re.search(r"^peak memory per task\s+\d", text, re.M), text
-    assert re.search(r"^per worker thread\s+up to \d.*one block computing, one finishing its writes$", text, re.M)
+    assert re.search(r"^per worker thread\s+up to \d.*one block computing, one finishing its writes, "
+                     r"the next one's input read$", text, re.M), text
     assert re.search(r"^output\s+\(129, 64, 64\)", text, re.M), text
     assert "halo z=1" in text
     assert re.search(r"^pyramid \(--levels auto\)\s+\d levels? after 0: \(", text, re.M), text

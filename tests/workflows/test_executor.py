@@ -262,15 +262,15 @@ class SlowEvery(Interpolation):
 
 
 def test_block_timeout_counts_from_when_the_block_starts_not_from_submission(tmp_path, client, crop, inject):
-    """Three blocks per worker thread are submitted at once; the last ones wait 1.2 s behind the others before
-    they start. A clock from submission would time them out (0.6 s of work, 1.8 s after submission, 1.5 s
-    limit); a clock from the task's own start (its start event) does not."""
+    """Four blocks per worker thread are submitted at once; the last ones start 1.8 s after the first, and then
+    wait 0.6 s for the compute before them. A clock from submission would time them out (0.6 s of work, done
+    3.0 s after submission, 2.0 s limit); a clock from the task's own start (its start event, 1.2 s) does not."""
     inject(SlowEvery(0.6))
     volume = lowres(crop, 8)
     src = write_input(tmp_path / "in.ome.zarr", volume, 8)
     out = str(tmp_path / "out.ome.zarr")
     summary = upsample(UpsampleRequest(input=src, output=out, factor=8, block_shape=(129, 32, 20), retries=0,
-                                       block_timeout=1.5, progress=False), client=client)
+                                       block_timeout=2.0, progress=False), client=client)
     assert summary.total == 8 and summary.ok, summary.line()
     assert summary.retried == 0 and not summary.failed
 
