@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from zarr.core.buffer.cpu import NDBuffer
 
+from . import shard_writer
+
 #: zarr's own CPU n-d buffer class, and ours (their names in zarr's ``ndbuffer`` config)
 ZARR_NDBUFFER = "zarr.buffer.cpu.NDBuffer"
 QUICK_NDBUFFER = f"{__name__}.QuickFillNDBuffer"
@@ -118,8 +120,15 @@ def read(array: Any, box: tuple[Any, ...]) -> np.ndarray:
 
 
 def write(array: Any, box: tuple[slice, ...], value: np.ndarray) -> None:
-    """``array[box] = value`` for a box of slices."""
-    if own_loop_serves(array):
-        _run(array.async_array.setitem(box, value))
-    else:
+    """``array[box] = value`` for a box of slices; whole shards of the layout isovol writes through
+    ``shard_writer`` (the same bytes, encoded on the loop's pool with the GIL released)."""
+    if not own_loop_serves(array):
         array[box] = value
+        return
+    layout = shard_writer.layout_of(array)
+    whole = tuple(slice(*s.indices(n)) for s, n in zip(box, array.shape)) if layout is not None else box
+    if (layout is not None and len(box) == array.ndim and np.shape(value) == tuple(s.stop - s.start for s in whole)
+            and shard_writer.whole_shards(layout, whole)):
+        _run(shard_writer.write_whole_shards(layout, whole, value))
+    else:
+        _run(array.async_array.setitem(box, value))
