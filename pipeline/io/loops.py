@@ -16,6 +16,9 @@ temporaries each time, even for integers.  On FlyEM blocks that check cost more 
 itself.  The answer, and so every stored byte, is the same.  It is a process-wide setting because zarr's sharding
 codec accepts no other buffer class than the configured one.
 
+Whole shards of the layout isovol creates are encoded by ``shard_writer`` (each inner chunk on the loop's thread
+pool, the GIL released; the same bytes), everything else by zarr's own codec pipeline.
+
 Only local stores take this path: fsspec's asynchronous file systems (S3, GCS, HTTP) are bound to the loop they
 were made on, so those reads and writes go through zarr's synchronous API as before.  The bytes are the same
 either way: it is the same codec pipeline, called from another loop.
@@ -121,14 +124,21 @@ def read(array: Any, box: tuple[Any, ...]) -> np.ndarray:
 
 def write(array: Any, box: tuple[slice, ...], value: np.ndarray) -> None:
     """``array[box] = value`` for a box of slices; whole shards of the layout isovol writes through
-    ``shard_writer`` (the same bytes, encoded on the loop's pool with the GIL released)."""
-    if not own_loop_serves(array):
-        array[box] = value
-        return
+    ``shard_writer`` (the same bytes, encoded on the loop's pool with the GIL released), on this thread's loop
+    or, for stores bound to zarr's loop (S3, GCS, HTTP), on that one."""
+    own = own_loop_serves(array)
     layout = shard_writer.layout_of(array)
     whole = tuple(slice(*s.indices(n)) for s, n in zip(box, array.shape)) if layout is not None else box
     if (layout is not None and len(box) == array.ndim and np.shape(value) == tuple(s.stop - s.start for s in whole)
             and shard_writer.whole_shards(layout, whole)):
-        _run(shard_writer.write_whole_shards(layout, whole, value))
-    else:
+        from zarr.core.sync import sync
+
+        coro = shard_writer.write_whole_shards(layout, whole, value)
+        if own:
+            _run(coro)
+        else:
+            sync(coro)
+    elif own:
         _run(array.async_array.setitem(box, value))
+    else:
+        array[box] = value
