@@ -104,22 +104,23 @@ def whole_shards(layout: Layout, box: tuple[slice, ...]) -> bool:
 
 
 async def write_whole_shards(layout: Layout, box: tuple[slice, ...], value: np.ndarray) -> None:
-    """Write ``value`` at ``box`` (whole shards): every inner chunk encoded on the running loop's pool, each shard
-    stored (or deleted, when no chunk is left) once its chunks are encoded."""
+    """Write ``value`` at ``box`` (whole shards): every inner chunk encoded on the running loop's pool, then each
+    shard stored (or deleted, when no chunk is left).  Storing only once all are encoded keeps the stores from
+    queueing behind encodes on the same pool, so the store time the output's recording store measures is the
+    store's (the executor's profile splits encode from store with it)."""
     loop = asyncio.get_running_loop()
     value = np.asarray(value, dtype=layout.chunk_spec.dtype.to_native_dtype())  # as zarr casts what it is given
     origin = tuple(s.start for s in box)
-    shards = [tuple(range(s.start // n, -(-s.stop // n))) for s, n in zip(box, layout.shard)]
-    pending = []
-    for coords in itertools.product(*shards):
+    shards = list(itertools.product(*[range(s.start // n, -(-s.stop // n)) for s, n in zip(box, layout.shard)]))
+    parts = []
+    for coords in shards:
         lo = tuple(c * n - o for c, n, o in zip(coords, layout.shard, origin))  # the shard's corner in ``value``
-        parts = [loop.run_in_executor(None, _encode_chunk, layout, value, lo, inner) for inner in layout.morton]
-        pending.append(_store_shard(layout, coords, parts))
-    await asyncio.gather(*pending)
+        parts.append([loop.run_in_executor(None, _encode_chunk, layout, value, lo, inner) for inner in layout.morton])
+    encoded = [await asyncio.gather(*p) for p in parts]
+    await asyncio.gather(*(_store_shard(layout, coords, chunks) for coords, chunks in zip(shards, encoded)))
 
 
-async def _store_shard(layout: Layout, coords: tuple[int, ...], parts: list[Any]) -> None:
-    encoded = await asyncio.gather(*parts)
+async def _store_shard(layout: Layout, coords: tuple[int, ...], encoded: list[bytes | None]) -> None:
     index = np.full(tuple(s // c for s, c in zip(layout.shard, layout.chunk)) + (2,), ABSENT, dtype="<u8")
     offset, kept = 0, []
     for inner, data in zip(layout.morton, encoded):
