@@ -162,3 +162,26 @@ def test_the_next_blocks_read_overlaps_the_last_compute_and_computes_never_overl
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "two computes ran at once on a one-thread worker"
     ahead = [(b, a) for b, r0, r1 in reads for a, c0, c1 in computes if a != b and r0 < c1 and c0 < r1]
     assert ahead, "no block's read ran beside another block's compute"
+
+
+class FailsOnLastPiece(Interpolation):
+    """Cubic, except that the last Z piece of block 0.0.0 raises: after the block has handed its thread over."""
+
+    def apply_at(self, data, factor, start, stop, origin):
+        if tuple(origin) == (48 // R - self.halo.z, 0, 0):  # the piece of output z 48:64 in block 0.0.0
+            raise RuntimeError("simulated bug in the last piece")
+        return super().apply_at(data, factor, start, stop, origin)
+
+
+def test_a_block_failing_in_its_last_compute_frees_the_compute_slot(source, volume, tmp_path, monkeypatch):
+    """The failure comes after the block handed its thread over, holding the worker's one compute slot: the slot
+    is given back, so the blocks after it on the same one-thread worker still run (no hang), and only the failed
+    block is left without a marker."""
+    from isovol.deploy.local import cluster_client
+
+    monkeypatch.setattr(up, "get_method", lambda name, model=None, **kw: FailsOnLastPiece("cubic"))
+    out = tmp_path / "out.ome.zarr"
+    with cluster_client(1, processes=False) as one_thread:
+        summary = up.upsample(request(source, out, method="cubic", retries=0), client=one_thread)
+    assert list(summary.failed) == ["0.0.0"] and "last piece" in summary.failed["0.0.0"]
+    assert summary.done == 3 and Bookkeeper(str(out), {}).done_keys() == {"0.0.1", "1.0.0", "1.0.1"}
