@@ -83,13 +83,18 @@ def register(*items: Any) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------------------
+def mirrored_low(volume: str, yx: int) -> np.ndarray:
+    """The volume's every FACTOR-th slice, mirrored in Y/X to yx x yx (the input of every row here)."""
+    low = np.load(volume, mmap_mode="r")[::FACTOR]
+    reps = -(-yx // low.shape[1])
+    return np.pad(np.asarray(low), ((0, 0), (0, (reps - 1) * low.shape[1]), (0, (reps - 1) * low.shape[2])),
+                  mode="symmetric")[:, :yx, :yx]
+
+
 def make_input(root: str, volume: str, yx: int) -> tuple[str, np.ndarray]:
     from isovol.pipeline.io.omezarr import write_image
 
-    low = np.load(volume, mmap_mode="r")[::FACTOR]
-    reps = -(-yx // low.shape[1])
-    tiled = np.pad(np.asarray(low), ((0, 0), (0, (reps - 1) * low.shape[1]), (0, (reps - 1) * low.shape[2])),
-                   mode="symmetric")[:, :yx, :yx]
+    tiled = mirrored_low(volume, yx)
     url = os.path.join(root, f"in-{yx}.ome.zarr")
     write_image(url, np.ascontiguousarray(tiled), (10.0 * FACTOR, 10.0, 10.0), chunks=(32, 256, 256))
     return url, tiled

@@ -43,22 +43,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from datapath import DEFAULT_VOLUME, FACTOR, mirrored_low  # the same data as the executor's rows (this folder)
 
-FACTOR = 8
-DEFAULT_VOLUME = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "flyem_medulla_fibsem_10nm",
-                              "training_sample1", "training_sample1_zyx_uint8.npy")
 _BLOCK: np.ndarray | None = None  # the block every writer writes; set before forking, so children share it
 
 
 def make_block(volume: str, yx: int, depth: int = 128) -> np.ndarray:
-    """``depth`` x yx x yx uint8: the volume's every 8th slice, nearest-upsampled by 8, mirrored in Y/X."""
+    """``depth`` x yx x yx uint8: datapath.py's input (every 8th slice, mirrored in Y/X), nearest-upsampled by 8."""
     from isovol.pipeline.methods.interp import Interpolation
 
-    low = np.load(volume, mmap_mode="r")[::FACTOR]
-    reps = -(-yx // low.shape[1])
-    tiled = np.pad(np.asarray(low), ((0, 0), (0, (reps - 1) * low.shape[1]), (0, (reps - 1) * low.shape[2])),
-                   mode="symmetric")[:, :yx, :yx]
-    return np.ascontiguousarray(Interpolation("nearest").apply(tiled, FACTOR, 0, depth))
+    return np.ascontiguousarray(Interpolation("nearest").apply(mirrored_low(volume, yx), FACTOR, 0, depth))
 
 
 def create(url: str, blocks: int) -> None:

@@ -11,6 +11,7 @@ the run's event topic.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import weakref
@@ -29,6 +30,8 @@ from ..pipeline.methods.base import Method
 from ..pipeline.plan_checks import nonfinite_counts
 from .bookkeeping import Bookkeeper
 from .profile import Phases
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,15 +107,23 @@ def _announce(topic: str | None, msg: dict[str, Any]) -> None:
     be named with its worker.  The result travels with the scheduler's messages, so the client need not fetch it
     from the worker: no round trip per block, and a worker that froze after its last block is not asked.
     No-op outside a dask worker."""
-    if topic is None:
+    worker = _current_worker()
+    if topic is None or worker is None:
         return
+    try:
+        worker.log_event(topic, {"key": str(worker.get_current_task()), "worker": worker.address, **msg})
+    except Exception as exc:  # an event that cannot be sent: the client fetches the result (executor._settle)
+        log.debug("block event not sent: %s", exc)
+
+
+def _current_worker() -> Any:
+    """The dask worker running this task, or None for a direct call (no client waits, nothing is shared)."""
     try:
         from distributed import get_worker
 
-        worker = get_worker()
-        worker.log_event(topic, {"key": str(worker.get_current_task()), "worker": worker.address, **msg})
-    except Exception:  # a direct call, not a task on a worker: no client is waiting for the event
-        pass
+        return get_worker()
+    except Exception:  # not running as a task on a worker
+        return None
 
 
 def _read(ctx: BlockContext, block: Block) -> np.ndarray:
@@ -176,13 +187,8 @@ def _compute_slot(shared: bool) -> Any:
     ``shared``.  A task hands its thread over as its last compute starts, so that the next block's read overlaps
     it; the slot keeps that next block from computing beside it -- a GPU worker's one network call at a time,
     and the memory a worker was sized for."""
-    if not shared:
-        return contextlib.nullcontext()
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except Exception:  # not running as a task on a worker (a direct call): nothing to share
+    worker = _current_worker() if shared else None
+    if worker is None:
         return contextlib.nullcontext()
     with _SLOTS_LOCK:
         slots = _SLOTS.get(worker)

@@ -20,7 +20,8 @@ Whole shards of the layout isovol creates are encoded by ``shard_writer`` (each 
 pool, the GIL released; the same bytes), everything else by zarr's own codec pipeline.
 
 Only local stores take this path: fsspec's asynchronous file systems (S3, GCS, HTTP) are bound to the loop they
-were made on, so those reads and writes go through zarr's synchronous API as before.  The bytes are the same
+were made on, so those reads and writes go through zarr's synchronous API as before (whole shards through
+``shard_writer`` on zarr's loop).  The bytes are the same
 either way: it is the same codec pipeline, called from another loop.
 """
 
@@ -127,13 +128,11 @@ def write(array: Any, box: tuple[slice, ...], value: np.ndarray) -> None:
     ``shard_writer`` (the same bytes, encoded on the loop's pool with the GIL released), on this thread's loop
     or, for stores bound to zarr's loop (S3, GCS, HTTP), on that one."""
     own = own_loop_serves(array)
-    layout = shard_writer.layout_of(array)
-    whole = tuple(slice(*s.indices(n)) for s, n in zip(box, array.shape)) if layout is not None else box
-    if (layout is not None and len(box) == array.ndim and np.shape(value) == tuple(s.stop - s.start for s in whole)
-            and shard_writer.whole_shards(layout, whole)):
+    whole = shard_writer.served(array, box, value)
+    if whole is not None:
         from zarr.core.sync import sync
 
-        coro = shard_writer.write_whole_shards(layout, whole, value)
+        coro = shard_writer.write_whole_shards(*whole, value)
         if own:
             _run(coro)
         else:

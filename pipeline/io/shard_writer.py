@@ -49,6 +49,11 @@ class Layout:
     morton: tuple[tuple[int, ...], ...]  # the inner chunks of a shard, in the order zarr stores them
     async_array: Any
 
+    @property
+    def per_shard(self) -> tuple[int, ...]:
+        """Inner chunks per shard along each axis."""
+        return tuple(s // c for s, c in zip(self.shard, self.chunk))
+
     def shard_key(self, coords: tuple[int, ...]) -> Any:
         return self.async_array.store_path / self.async_array.metadata.encode_chunk_key(coords)
 
@@ -69,9 +74,9 @@ def layout_of(array: Any) -> Layout | None:
             return None
         spec = meta.get_chunk_spec((0,) * len(shard), aa.config, default_buffer_prototype())
         inner = tuple(sharding.codecs)
-        per_shard = tuple(s // c for s, c in zip(shard, chunk))
+        morton = tuple(morton_order_iter(tuple(s // c for s, c in zip(shard, chunk))))
         return Layout(tuple(meta.shape), shard, chunk, spec.fill_value, sharding._get_chunk_spec(spec), inner[0],
-                      inner[1:], tuple(morton_order_iter(per_shard)), aa)
+                      inner[1:], morton, aa)
     except Exception as exc:  # a zarr without what this needs: zarr writes
         log.debug("shard writer not used: %s", exc)
         return None
@@ -96,11 +101,21 @@ def _served_sharding(aa: Any) -> Any:
     return sharding if index_ok and inner_ok and aa.order == "C" else None
 
 
-def whole_shards(layout: Layout, box: tuple[slice, ...]) -> bool:
-    """Whether ``box`` covers whole shards only (ending at a shard edge or at the array's edge)."""
-    return all(s.step in (None, 1) and s.start % n == 0 and (s.stop % n == 0 or s.stop == size)
-               and 0 <= s.start < s.stop <= size
-               for s, n, size in zip(box, layout.shard, layout.shape))
+def served(array: Any, box: tuple[slice, ...], value: Any) -> tuple[Layout, tuple[slice, ...]] | None:
+    """(layout, box with explicit bounds) when this writer serves ``array[box] = value``: a served layout, and a
+    box of whole shards (each ending at a shard edge or at the array's edge) that ``value`` fills; else None."""
+    if len(box) != array.ndim:
+        return None
+    layout = layout_of(array)
+    if layout is None:
+        return None
+    whole = tuple(slice(*s.indices(n)) for s, n in zip(box, layout.shape))
+    if np.shape(value) != tuple(s.stop - s.start for s in whole):
+        return None
+    if all(s.step == 1 and s.start % n == 0 and (s.stop % n == 0 or s.stop == size) and s.start < s.stop
+           for s, n, size in zip(whole, layout.shard, layout.shape)):
+        return layout, whole
+    return None
 
 
 async def write_whole_shards(layout: Layout, box: tuple[slice, ...], value: np.ndarray) -> None:
@@ -121,7 +136,7 @@ async def write_whole_shards(layout: Layout, box: tuple[slice, ...], value: np.n
 
 
 async def _store_shard(layout: Layout, coords: tuple[int, ...], encoded: list[bytes | None]) -> None:
-    index = np.full(tuple(s // c for s, c in zip(layout.shard, layout.chunk)) + (2,), ABSENT, dtype="<u8")
+    index = np.full(layout.per_shard + (2,), ABSENT, dtype="<u8")
     offset, kept = 0, []
     for inner, data in zip(layout.morton, encoded):
         if data is not None:

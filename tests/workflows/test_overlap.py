@@ -83,19 +83,23 @@ def test_pipelined_dgean_equals_serial_dgean(client, source, tmp_path, crop):
     assert DGEANMethod.z_split_exact
 
 
-class FailsOnThirdPiece(Interpolation):
-    """Cubic, except that the third Z piece of the first block raises."""
+class FailsOnPiece(Interpolation):
+    """Cubic, except that the Z piece of block 0.0.0 starting at output z ``z`` raises ``message``."""
+
+    def __init__(self, z: int, message: str):
+        super().__init__("cubic")
+        self.z, self.message = z, message
 
     def apply_at(self, data, factor, start, stop, origin):
-        if tuple(origin) == (32 // R - self.halo.z, 0, 0):  # the piece of output z 32:48 in block 0.0.0
-            raise RuntimeError("simulated bug in piece 3")
+        if tuple(origin) == (self.z // R - self.halo.z, 0, 0):
+            raise RuntimeError(self.message)
         return super().apply_at(data, factor, start, stop, origin)
 
 
 def test_a_block_failing_mid_pipeline_leaves_no_marker_and_resumes_exactly(client, source, volume, tmp_path,
                                                                            monkeypatch):
     out = tmp_path / "out.ome.zarr"
-    monkeypatch.setattr(up, "get_method", lambda name, model=None, **kw: FailsOnThirdPiece("cubic"))
+    monkeypatch.setattr(up, "get_method", lambda name, model=None, **kw: FailsOnPiece(32, "simulated bug in piece 3"))
     summary = up.upsample(request(source, out, method="cubic"), client=client)
     assert not summary.ok and list(summary.failed) == ["0.0.0"] and "piece 3" in summary.failed["0.0.0"]
     assert summary.retried == 0, "a deterministic error is not retried"
@@ -164,22 +168,14 @@ def test_the_next_blocks_read_overlaps_the_last_compute_and_computes_never_overl
     assert ahead, "no block's read ran beside another block's compute"
 
 
-class FailsOnLastPiece(Interpolation):
-    """Cubic, except that the last Z piece of block 0.0.0 raises: after the block has handed its thread over."""
-
-    def apply_at(self, data, factor, start, stop, origin):
-        if tuple(origin) == (48 // R - self.halo.z, 0, 0):  # the piece of output z 48:64 in block 0.0.0
-            raise RuntimeError("simulated bug in the last piece")
-        return super().apply_at(data, factor, start, stop, origin)
-
-
 def test_a_block_failing_in_its_last_compute_frees_the_compute_slot(source, volume, tmp_path, monkeypatch):
     """The failure comes after the block handed its thread over, holding the worker's one compute slot: the slot
     is given back, so the blocks after it on the same one-thread worker still run (no hang), and only the failed
     block is left without a marker."""
     from isovol.deploy.local import cluster_client
 
-    monkeypatch.setattr(up, "get_method", lambda name, model=None, **kw: FailsOnLastPiece("cubic"))
+    last = FailsOnPiece(48, "simulated bug in the last piece")  # after the block handed its thread over
+    monkeypatch.setattr(up, "get_method", lambda name, model=None, **kw: last)
     out = tmp_path / "out.ome.zarr"
     with cluster_client(1, processes=False) as one_thread:
         summary = up.upsample(request(source, out, method="cubic", retries=0), client=one_thread)

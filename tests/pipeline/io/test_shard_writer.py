@@ -47,9 +47,9 @@ def _data(shape, dtype, fill) -> np.ndarray:
 
 
 def _blocks(shape, block) -> list[tuple[slice, ...]]:
-    return [tuple(slice(o, min(o + b, n)) for o, b, n in zip(corner, block, shape))
-            for corner in np.ndindex(*[-(-n // b) for n, b in zip(shape, block)])
-            for corner in [tuple(i * b for i, b in zip(corner, block))]]
+    """The boxes of a grid of ``block``-sized blocks over ``shape`` (cut at its edge)."""
+    return [tuple(slice(i * b, min((i + 1) * b, n)) for i, b, n in zip(index, block, shape))
+            for index in np.ndindex(*[-(-n // b) for n, b in zip(shape, block)])]
 
 
 @pytest.mark.parametrize("dtype, fill", [("uint8", 0), ("uint16", 7), ("float32", 0.0), ("float32", np.nan)])
